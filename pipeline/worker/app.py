@@ -1,0 +1,211 @@
+"""The Faust application: topics, the registry table, agents and their batch runners.
+
+Agents consume raw bytes in batches (``noack_take``) and hand whole batches to
+the processors in :mod:`pipeline.worker.processors`; they acknowledge messages
+only after :class:`~pipeline.worker.runner.BatchRunner` made the results durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from pipeline.catalogue import Catalogue
+from pipeline.codecs import Decoder, RecordType, SchemaStore
+from pipeline.envelope import RawMessage
+from pipeline.errors import CodecError
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+from pipeline.sinks import ClickHouseSink, DeadLetterSink
+from pipeline.storage import Database
+from pipeline.tenancy import Pseudonymizer, Registry
+from pipeline.validation import DuplicateFilter, ReadingValidator, SimUsageValidator
+from pipeline.worker.processors import ReadingsProcessor, RegistryProcessor, SimUsageProcessor
+from pipeline.worker.runner import BatchRunner
+
+log = logging.getLogger(__name__)
+
+
+def to_raw(event: EventT) -> RawMessage:
+    m = event.message
+    headers = m.headers.items() if isinstance(m.headers, Mapping) else (m.headers or ())
+    return RawMessage(m.topic, m.partition, m.offset, m.key, m.value, tuple(headers), int(m.timestamp * 1000))
+
+
+class TableStore(Mapping[str, bytes]):
+    """Read-only str-keyed view of the registry GlobalTable (raw bytes keys and values)."""
+
+    def __init__(self, table: faust.GlobalTable) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self._table.data.get(key.encode())
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self._table.data.keys())
+
+    def __len__(self) -> int:
+        return len(self._table.data)
+
+
+def _credentials(settings: Settings) -> Any:
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None
+        )
+    if proto == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password,
+        mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+        ssl_context=context if proto == "SASL_SSL" else None,
+    )
+
+
+@dataclass
+class Worker:
+    app: faust.App
+    runners: dict[str, BatchRunner]
+    registry: Registry
+    db: Database
+    metrics: Metrics
+    deadletters: DeadLetterSink
+
+
+def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Catalogue, metrics: Metrics) -> Worker:
+    """Wire the Faust app. Nothing runs until the Faust worker starts it."""
+    embedded = settings.embedded_broker
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{bootstrap}",
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_rebalance_timeout=4 if embedded else 60,
+        stream_buffer_maxsize=max(4096, settings.batch_max_messages * 2),
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        # Tansu answers a JoinGroup only after half the session timeout: keep it short on the
+        # embedded broker (30 s join with the default), production brokers keep the default.
+        broker_session_timeout=6 if embedded else 30,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(
+            settings.topic(name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+        )
+
+    schemas = SchemaStore.load()
+    decoder = Decoder(schemas, max_bytes=settings.max_message_bytes)
+
+    def decode_registration(raw: bytes) -> dict:
+        rtype, record = decoder(raw)
+        if rtype is not RecordType.DEVICE_REGISTRATION:
+            raise CodecError("schema_mismatch", f"{rtype} on the registry topic")
+        return record
+
+    registry_holder: list[Registry] = []
+
+    async def on_registry_change(event: EventT) -> None:
+        """Another worker (or recovery) changed the table: keep the parsed cache in step."""
+        if registry_holder and event.message.key is not None:
+            registry_holder[0].apply(event.message.key.decode("utf-8", "replace"), event.message.value or None)
+
+    # Every worker holds the whole registry (a global table) and recovers it from the
+    # table's changelog before it processes anything.
+    table = app.GlobalTable(
+        "registry",
+        partitions=settings.topic_partitions,
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        on_changelog_event=on_registry_change,
+    )
+
+    def write_registry(subject_id: str, raw: bytes | None, partition: int) -> None:
+        key = subject_id.encode()
+        if raw is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = raw
+        table.send_changelog(partition, key, raw, key_serializer="raw", value_serializer="raw")
+
+    registry = Registry(TableStore(table), decode=decode_registration, write=write_registry)
+    registry_holder.append(registry)
+
+    sink = ClickHouseSink(db, max_rows=settings.batch_max_rows, metrics=metrics)
+    deadletters = DeadLetterSink.create(
+        bootstrap, settings.topic("deadletter"), sink, client_config=settings.kafka_client_config(), metrics=metrics
+    )
+    pseudonyms = Pseudonymizer(settings.pseudonym_secret)
+    lateness = {"lateness_ms": settings.lateness_ms, "future_tolerance_ms": settings.future_tolerance_ms}
+    runners = {
+        "registry.devices": BatchRunner(
+            "registry.devices", RegistryProcessor(decoder, registry, pseudonyms), sink, deadletters, metrics
+        ),
+        "meter.readings": BatchRunner(
+            "meter.readings",
+            ReadingsProcessor(
+                decoder,
+                ReadingValidator(catalogue, **lateness),
+                registry,
+                DuplicateFilter(settings.duplicate_cache_rows),
+            ),
+            sink,
+            deadletters,
+            metrics,
+        ),
+        "sim.usage": BatchRunner(
+            "sim.usage",
+            SimUsageProcessor(decoder, SimUsageValidator(**lateness), registry, pseudonyms),
+            sink,
+            deadletters,
+            metrics,
+        ),
+    }
+
+    def make_agent(name: str, runner: BatchRunner) -> None:
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.noack_take(settings.batch_max_messages, within=settings.batch_max_seconds):
+                await runner.run([to_raw(e) for e in events])
+                for e in events:
+                    await stream.ack(e)
+
+        agent.__name__ = agent.__qualname__ = f"agent_{name.replace('.', '_')}"
+        app.agent(raw_topic(name), name=name)(agent)
+
+    for name, runner in runners.items():
+        make_agent(name, runner)
+
+    worker = Worker(app, runners, registry, db, metrics, deadletters)
+    from pipeline.worker.web import install_views
+
+    install_views(worker)
+    return worker
