@@ -1,0 +1,187 @@
+"""``telemetry demo``: embedded broker + worker + simulated fleet, then a summary.
+
+The worker runs as a child process (the same ``telemetry worker`` an operator
+runs); this process starts the broker, produces the fleet, follows progress on
+the worker's /status endpoint and reads results through its /query endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.broker import embedded_broker, ensure_topics
+from pipeline.broker.embedded import free_port
+from pipeline.errors import TelemetryError
+from pipeline.settings import Settings
+
+
+@dataclass
+class WorkerClient:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def get(self, path: str, payload: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def query(self, sql: str) -> tuple[list[str], list[list[Any]]]:
+        body = self.get("/query", {"sql": sql})
+        return body["columns"], body["rows"]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def _start_worker(settings: Settings, bootstrap: str, port: int, console: Console) -> WorkerClient:
+    log_path = settings.data_dir / "worker.log"
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "WEB_PORT": str(port),
+        "CLICKHOUSE_URL": settings.clickhouse_url,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "CONSUMER_GROUP": settings.consumer_group,
+        "DATA_DIR": str(settings.data_dir),
+    }
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = WorkerClient(port, proc, log_path)
+    deadline = time.monotonic() + 120
+    with console.status("starting the worker (group join on the embedded broker takes a few seconds)…"):
+        while time.monotonic() < deadline:
+            if not client.alive():
+                raise TelemetryError(f"the worker exited during start-up:\n{client.log_tail()}")
+            try:
+                if client.get("/status", timeout=2).get("ready"):
+                    return client
+            except OSError:
+                pass
+            time.sleep(0.3)
+    raise TelemetryError(f"the worker did not become ready:\n{client.log_tail()}")
+
+
+def _wait(client: WorkerClient, expected: dict[str, int], console: Console, what: str) -> float:
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        tasks = {t: progress.add_task(f"{what} {t}", total=n) for t, n in expected.items() if n}
+        while True:
+            if not client.alive():
+                raise TelemetryError(f"the worker stopped:\n{client.log_tail()}")
+            processed = client.get("/status", timeout=5)["processed"]
+            for t, task in tasks.items():
+                progress.update(task, completed=min(processed.get(t, 0), expected[t]))
+            if all(processed.get(t, 0) >= n for t, n in expected.items()):
+                return time.monotonic() - started
+            time.sleep(0.25)
+
+
+def _table(console: Console, title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(*columns, title=title, title_justify="left")
+    for r in rows:
+        t.add_row(*("" if v is None else (f"{v:,.3f}" if isinstance(v, float) else str(v)) for v in r))
+    console.print(t)
+
+
+def run_demo(
+    settings: Settings, *, seed: int, tenants: int, sites_per_tenant: int, days: float, batch: bool, console: Console
+) -> dict[str, Any]:
+    from pipeline.codecs import Encoder, SchemaStore
+    from pipeline.simulate import SimConfig, build_scenario, produce
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = SimConfig(seed=seed, tenants=tenants, sites_per_tenant=sites_per_tenant, days=days, batch=batch)
+    now_ms = int(time.time() * 1000)
+    with console.status("simulating the fleet…"):
+        scenario = build_scenario(config, now_ms, Encoder(SchemaStore.load()))
+    truth_path = settings.data_dir / "ground_truth.json"
+    truth_path.write_text(scenario.truth.to_json())
+    console.print(
+        f"fleet: {len(scenario.registrations)} registrations, {len(scenario.telemetry)} telemetry messages "
+        f"(ground truth: {truth_path})"
+    )
+
+    with embedded_broker(log_path=settings.data_dir / "broker.log") as broker:
+        console.print(f"embedded Kafka broker (Tansu, in memory) on {broker.bootstrap}")
+        ensure_topics(broker.bootstrap, settings.topic_prefix, settings.topic_partitions)
+        client = _start_worker(settings, broker.bootstrap, free_port(), console)
+        try:
+            produce(scenario.registrations, bootstrap=broker.bootstrap, topic_prefix=settings.topic_prefix)
+            _wait(client, {"registry.devices": len(scenario.registrations)}, console, "registering")
+            by_topic: dict[str, int] = {}
+            for m in scenario.telemetry:
+                by_topic[m.topic] = by_topic.get(m.topic, 0) + 1
+            started = time.monotonic()
+            produce(scenario.telemetry, bootstrap=broker.bootstrap, topic_prefix=settings.topic_prefix)
+            _wait(client, by_topic, console, "ingesting")
+            elapsed = time.monotonic() - started
+            summary = _summary(client, console, by_topic, elapsed)
+        finally:
+            client.proc.send_signal(signal.SIGTERM)
+            try:
+                client.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                client.proc.kill()
+    console.print(
+        f"\nClickHouse data stays in {settings.clickhouse.redacted()}; explore it with "
+        '[bold]telemetry query "SELECT …"[/bold]'
+    )
+    return summary
+
+
+def _summary(client: WorkerClient, console: Console, by_topic: dict[str, int], elapsed: float) -> dict[str, Any]:
+    _, rows = client.query("SELECT count() FROM readings")
+    readings_rows = int(rows[0][0])
+    console.print(
+        f"\n[bold]ingested[/bold] {sum(by_topic.values()):,} messages in {elapsed:.1f} s → "
+        f"{readings_rows:,} reading values ({readings_rows / max(elapsed, 1e-9):,.0f} values/s end to end)"
+    )
+    _table(console, "Records in, by topic", ["topic", "messages"], [[t, n] for t, n in sorted(by_topic.items())])
+    queries = {
+        "Rows by table and tenant": "SELECT tbl, tenant_id, rows FROM ("
+        "SELECT 'readings' AS tbl, tenant_id, count() AS rows FROM readings GROUP BY tenant_id "
+        "UNION ALL SELECT 'sim_usage', tenant_id, count() FROM sim_usage GROUP BY tenant_id "
+        "UNION ALL SELECT 'device_registry', tenant_id, count() FROM device_registry GROUP BY tenant_id) "
+        "ORDER BY tbl, tenant_id",
+        "Rejected, by reason": "SELECT reason, src_topic, sum(records) AS records, any(example_detail) AS example "
+        "FROM deadletter_summary GROUP BY reason, src_topic ORDER BY records DESC",
+        "Energy imported per site (kWh, register max - min)": "SELECT tenant_id, site_id, "
+        "round(sum(d) / 1000, 1) AS kwh FROM (SELECT tenant_id, site_id, device_id, "
+        "max(value) - min(value) AS d FROM readings WHERE quantity = 'active_energy_import' "
+        "GROUP BY tenant_id, site_id, device_id) GROUP BY tenant_id, site_id ORDER BY kwh DESC LIMIT 8",
+        "Mean voltage per tenant": "SELECT tenant_id, round(avg(value), 1) AS mean_v, round(min(value), 1) AS min_v, "
+        "round(max(value), 1) AS max_v FROM readings WHERE quantity IN ('voltage_l1','voltage_l2','voltage_l3') "
+        "GROUP BY tenant_id ORDER BY tenant_id",
+        "SIM data per tenant (MB)": "SELECT tenant_id, uniqExact(sim_id) AS sims, "
+        "round(sum(bytes_up + bytes_down) / 1e6, 1) AS mb, sum(sms_mo) AS sms_mo, "
+        "countIf(roaming = 1) AS roaming_records "
+        "FROM sim_usage GROUP BY tenant_id ORDER BY tenant_id",
+    }
+    out: dict[str, Any] = {"messages": by_topic, "seconds": elapsed, "readings_rows": readings_rows}
+    for title, sql in queries.items():
+        columns, rows = client.query(sql)
+        _table(console, title, columns, rows)
+        out[title] = rows
+    return out
