@@ -77,6 +77,15 @@ def _credentials(settings: Settings) -> Any:
     )
 
 
+def _schema_registry(settings: Settings) -> Any:
+    """A Confluent schema registry client for 0x00-framed Avro, when one is configured."""
+    if not settings.schema_registry_url:
+        return None
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient({"url": settings.schema_registry_url})
+
+
 @dataclass
 class Worker:
     app: faust.App
@@ -124,7 +133,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
             partitions=settings.topic_partitions,
         )
 
-    schemas = SchemaStore.load()
+    schemas = SchemaStore.load(registry=_schema_registry(settings))
     decoder = Decoder(schemas, max_bytes=settings.max_message_bytes)
 
     def decode_registration(raw: bytes) -> dict:
@@ -145,7 +154,9 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
     table = app.GlobalTable(
         "registry",
         partitions=settings.topic_partitions,
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        # bytes types make Faust use the raw codec for the changelog (it derives serializers from the types)
+        key_type=bytes,
+        value_type=bytes,
         on_changelog_event=on_registry_change,
     )
 
