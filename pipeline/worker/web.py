@@ -69,7 +69,8 @@ def install_views(worker: Worker) -> None:
     @app.page("/metrics")
     async def metrics(self: web.View, request: web.Request) -> web.Response:
         worker.metrics.registry_size.set(len(worker.registry))
-        return self.bytes(generate_latest(worker.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp wants the charset apart from the media type; the exposition format is text/plain 0.0.4
+        return self.bytes(generate_latest(worker.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/health")
     async def health(self: web.View, request: web.Request) -> web.Response:
