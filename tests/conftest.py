@@ -60,3 +60,21 @@ def worker(env: Env) -> Iterator[WorkerProcess]:
     w = env.worker().start()
     yield w
     w.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB data directory this test process may open (chDB allows one per process)."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def database(chdb_dir: Path) -> Iterator[object]:
+    """A fresh database in the session's chDB, migrated, dropped afterwards."""
+    from pipeline.settings import ClickHouseTarget
+    from pipeline.storage import connect, migrate
+
+    db = connect(ClickHouseTarget(f"chdb://{chdb_dir}?database={unique('u_')}"))
+    migrate(db)
+    yield db
+    db.command(f"DROP DATABASE IF EXISTS {db.name}")
