@@ -27,7 +27,7 @@ from pipeline.dlms import (
 )
 from pipeline.envelope import RawMessage
 
-VECTOR = json.loads(Path("/work/shared/testdata/dlms_kaifa_tinetz.json").read_text())
+VECTOR = json.loads((Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dlms_kaifa_tinetz.json").read_text())
 KEY = bytes.fromhex(VECTOR["key_hex"])
 AK = bytes(range(0xD0, 0xE0))
 TITLE = VECTOR["expected"]["system_title_hex"]
