@@ -34,7 +34,7 @@ def rows_to_rejects(
     has_tenant = "tenant_id" in rows.columns
     out: list[Rejected] = []
     for (msg_idx, rec_idx, reason), group in rows.group_by(["msg_idx", "rec_idx", "reason"], maintain_order=True):
-        details = group.get_column("detail").to_list()
+        details = list(dict.fromkeys(group.get_column("detail").to_list()))  # unique, in order
         detail = "; ".join(details[:_MAX_DETAILS]) + (
             f" (+{len(details) - _MAX_DETAILS} more)" if len(details) > _MAX_DETAILS else ""
         )
