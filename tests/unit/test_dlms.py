@@ -33,7 +33,8 @@ from pipeline.envelope import RawMessage, Reason, Rejected
 from pipeline.errors import ConfigError
 from pipeline.flags import Flag
 
-VECTOR = json.loads((Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dlms_kaifa_tinetz.json").read_text())
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # shared/ sits beside the checkout
+VECTOR = json.loads((SHARED / "testdata" / "dlms_kaifa_tinetz.json").read_text())
 KEY = bytes.fromhex(VECTOR["key_hex"])
 FRAMES = [bytes.fromhex(h) for h in VECTOR["frames_hex"]]
 TITLE = VECTOR["expected"]["system_title_hex"]

@@ -27,7 +27,8 @@ from pipeline.dlms import (
 )
 from pipeline.envelope import RawMessage
 
-VECTOR = json.loads((Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dlms_kaifa_tinetz.json").read_text())
+SHARED = Path(__file__).resolve().parents[3] / "shared"  # shared/ sits beside the checkout
+VECTOR = json.loads((SHARED / "testdata" / "dlms_kaifa_tinetz.json").read_text())
 KEY = bytes.fromhex(VECTOR["key_hex"])
 AK = bytes(range(0xD0, 0xE0))
 TITLE = VECTOR["expected"]["system_title_hex"]
