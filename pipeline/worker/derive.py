@@ -130,14 +130,22 @@ class IntervalDeriver:
         return out
 
     def _insufficient(self, series: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
-        """Series whose tail cannot supply the context: no cached reading before the start of the
-        interval holding the last reading before the batch (and at or after ``complete_from``)."""
+        """Series whose tail cannot supply the context of the new readings.
+
+        The tail of a series holds every stored reading at or after ``complete_from`` and the
+        last one before it (or none exists within the lookback). The context starts at the
+        interval of the last reading before the batch (``p``), so the tail suffices when
+        ``complete_from <= floor(p)``.
+        """
         ims = self._interval_ms
-        cached = known.join(series, on=KEYS).join(self._complete_from, on=KEYS, how="left")
-        prev = cached.filter(pl.col("ts_ms") < pl.col("lo")).group_by(KEYS).agg(prev=pl.col("ts_ms").max())
-        ok = (cached.join(prev, on=KEYS)
-              .filter((pl.col("ts_ms") < pl.col("prev") // ims * ims) & (pl.col("ts_ms") >= pl.col("complete_from")))
-              .select(KEYS).unique())  # fmt: skip
+        prev = (
+            known.join(series, on=KEYS)
+            .filter(pl.col("ts_ms") < pl.col("lo"))
+            .group_by(KEYS)
+            .agg(prev=pl.col("ts_ms").max())
+        )
+        ok = (series.join(prev, on=KEYS, how="left").join(self._complete_from, on=KEYS, how="left")
+              .filter(pl.col("complete_from") <= pl.coalesce("prev", "lo") // ims * ims).select(KEYS))  # fmt: skip
         return series.join(ok, on=KEYS, how="anti")
 
     def _fetch_missing(self, missing: pl.DataFrame) -> pl.DataFrame:
@@ -156,8 +164,12 @@ class IntervalDeriver:
         series is touched, when they are durable.
         """
         newest = context.group_by(KEYS).agg(cut=pl.col("ts_ms").max() - self._tail_ms)
-        recent = context.join(newest, on=KEYS).filter(pl.col("ts_ms") >= pl.col("cut")).drop("cut")
-        kept = pl.concat([recent, new]).unique([*KEYS, "ts_ms", "seq"], keep="first").sort([*KEYS, "ts_ms"])
+        marked = context.join(newest, on=KEYS)
+        recent = marked.filter(pl.col("ts_ms") >= pl.col("cut")).drop("cut")
+        # the last reading before the cut stays too: it is the context of the oldest kept interval
+        before = marked.filter(pl.col("ts_ms") < pl.col("cut")).group_by(KEYS).agg(pl.all().sort_by("ts_ms").last())
+        kept = (pl.concat([recent, before.select(recent.columns), new])
+                .unique([*KEYS, "ts_ms", "seq"], keep="first").sort([*KEYS, "ts_ms"]))  # fmt: skip
         fetched_from = missing.select(*KEYS, fetched=pl.col("lo") - self._lookback_ms)
         cf = (
             series.select(KEYS)
@@ -165,7 +177,7 @@ class IntervalDeriver:
             .join(fetched_from, on=KEYS, how="left")
             .join(newest, on=KEYS)
             .select(*KEYS, complete_from=pl.max_horizontal(pl.coalesce("fetched", "complete_from"), "cut"))
-        )
+        )  # a series seen before and neither fetched now nor trimmed keeps its complete_from
         self._tail = pl.concat([self._tail.join(series.select(KEYS), on=KEYS, how="anti"), kept])
         self._complete_from = pl.concat([self._complete_from.join(series.select(KEYS), on=KEYS, how="anti"),
                                          cf.with_columns(pl.col("complete_from").fill_null(0))])  # fmt: skip
