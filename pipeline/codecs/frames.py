@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.codecs.bulk import decode_readings_bulk
 from pipeline.codecs.codec import Decoder
 from pipeline.codecs.store import RecordType
 from pipeline.envelope import RawMessage, Reason, Rejected
@@ -63,7 +64,27 @@ def decode_readings(messages: Sequence[RawMessage], decoder: Decoder) -> tuple[p
     reading, else the reading's index in its batch. A failed message gives one
     whole-message :class:`Rejected`; a bad reading of a batch gives one with its
     ``record_index`` and the reading alone as JSON ``payload``.
+
+    Avro messages take the bulk path (:mod:`pipeline.codecs.bulk`: all bodies of
+    one schema decoded at once into columns); every message it does not vouch
+    for takes the per-message path, so the result is the same either way.
     """
+    frame, rest = decode_readings_bulk(messages, decoder)
+    if frame is None:
+        return _decode_readings_each(messages, decoder)
+    if not rest:
+        return frame, []
+    slow, rejected = _decode_readings_each([messages[i] for i in rest], decoder)
+    if slow.height:
+        slow = slow.with_columns(pl.Series("msg_idx", rest, dtype=pl.Int32).gather(slow.get_column("msg_idx")))
+        frame = pl.concat([frame, slow]).sort("msg_idx", maintain_order=True)
+    return frame, rejected
+
+
+def _decode_readings_each(
+    messages: Sequence[RawMessage], decoder: Decoder
+) -> tuple[pl.DataFrame, list[Rejected]]:
+    """The per-message path: any wire format, every failure becomes a :class:`Rejected`."""
     cols: dict[str, list[Any]] = {name: [] for name in _PER_READING}
     msg_idx, rec_idx, device_id, ts_ms = cols["msg_idx"], cols["rec_idx"], cols["device_id"], cols["ts_ms"]
     seq, event_id, quality, gateway_id = cols["seq"], cols["event_id"], cols["quality"], cols["gateway_id"]

@@ -83,9 +83,13 @@ class DuplicateFilter:
         work = frame.with_row_index(_ROW).with_columns(_key_hash())
         work = self._lookup(work)
         value = pl.col("value")
+        if work.get_column(_H).is_duplicated().any():
+            first_value, first_seen = value.first().over(keys), pl.struct(*keys).is_first_distinct()
+        else:  # no two rows share a key hash, so no two share a key: skip the window functions
+            first_value, first_seen = value, pl.lit(True)
         work = work.with_columns(
-            pl.when(pl.col(_IN_MEM)).then(pl.col(_MEM)).otherwise(value.first().over(keys)).alias(_REF),
-            (pl.struct(*keys).is_first_distinct() & ~pl.col(_IN_MEM)).alias("__fresh"),
+            pl.when(pl.col(_IN_MEM)).then(pl.col(_MEM)).otherwise(first_value).alias(_REF),
+            (first_seen & ~pl.col(_IN_MEM)).alias("__fresh"),
         )
         fresh_mask = pl.col("__fresh")
         exact_mask = ~fresh_mask & value.eq_missing(pl.col(_REF))

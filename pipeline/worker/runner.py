@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -22,6 +23,15 @@ from pipeline.worker.processors import BatchResult
 log = logging.getLogger(__name__)
 
 Processor = Callable[[Sequence[RawMessage], int], BatchResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A processed batch not yet persisted (see :meth:`BatchRunner.prepare`)."""
+
+    messages: Sequence[RawMessage]
+    result: BatchResult
+    started: float
 
 
 class BatchRunner:
@@ -73,8 +83,21 @@ class BatchRunner:
         """Process and persist one batch. Returns only when it is durable (or dead-lettered)."""
         if not messages:
             return
+        await self.persist(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[RawMessage]) -> Prepared:
+        """The CPU half of :meth:`run`: decode, validate, tag. Touches no sink."""
         started = time.perf_counter()
-        result = self._run_processor(messages)
+        return Prepared(messages, self._run_processor(messages), started)
+
+    async def persist(self, prepared: Prepared) -> None:
+        """The I/O half of :meth:`run`: dead letters acknowledged, then rows in ClickHouse.
+
+        Callers acknowledge the batch's Kafka messages only after this returned.
+        """
+        messages, result, started = prepared.messages, prepared.result, prepared.started
+        if not messages:
+            return
         topic = messages[0].topic
         for dest, table in result.tables.items():
             self._sink.add(dest, topic, -1, table)
