@@ -87,6 +87,15 @@ class Settings(BaseSettings):
     batch_max_seconds: float = Field(default=1.0, gt=0, description="flush at least this often")
     duplicate_cache_rows: int = Field(default=2_000_000, ge=0)
     pseudonym_secret: SecretStr = SecretStr("dev-only-pseudonym-secret-change-me")
+    derive_intervals: bool = Field(default=True, description="derive 15-minute interval consumption in the stream")
+
+    # Encrypted meter frames (meter.frames, see docs/dlms.md)
+    dlms_keys_file: Path | None = Field(
+        default=None,
+        description="DLMS key file (TOML if *.toml, else JSON) or a mounted secret; read at worker start, "
+        "never logged; unset = every frame is dead-lettered as unknown_key",
+    )
+    dlms_max_wait_ms: int = Field(default=30_000, ge=0, description="wait for missing segments of a split APDU")
 
     # Worker
     web_port: int = 6066

@@ -18,7 +18,7 @@ later message completes it or :meth:`FrameDecoder.expire` drops it.
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from pipeline.catalogue import Catalogue
 from pipeline.dlms.apdu import CipheredApdu, decrypt, parse_ciphered
@@ -51,6 +51,8 @@ class DecodedReading:
     deviation_minutes: int | None = 0  # None: 0x8000 "not specified", local time was taken as UTC
     invoke_id: int = 0
     message_count: int = 1  # messages whose frames formed this APDU
+    # (message, the frames it contributed) for each of them, in order: what a dead letter must carry
+    sources: tuple[tuple[RawMessage, bytes], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def utc_assumed(self) -> bool:
@@ -124,7 +126,8 @@ class FrameDecoder:
         try:
             apdu = parse_ciphered(unit.apdu)
             extra = (("system_title", apdu.system_title_hex), ("frame_counter", str(apdu.frame_counter)))
-            return self._read(apdu, idx, len(unit.sources)), []
+            reading = self._read(apdu, idx, len(unit.sources))
+            return replace(reading, sources=tuple((p.message, p.raw) for p in unit.sources)), []
         except DlmsError as exc:
             return None, [_reject(exc.reason, exc.detail, p, extra) for p in unit.sources]
 

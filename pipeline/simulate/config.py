@@ -40,6 +40,8 @@ class SimConfig:
     (bad channel, bad timestamp, duplicate); message-level and data faults come
     on top in small fixed numbers that grow with the number of sites.
     ``format_weights`` defaults to 80/20 for two formats, equal shares otherwise.
+    ``dlms_meters`` smart meters push encrypted DLMS/COSEM frames on ``meter.frames``
+    (see :mod:`pipeline.simulate.dlms`; their keys are in ``Scenario.dlms_keys``).
     ``lateness_days`` and ``future_tolerance_s`` mirror the pipeline's validation
     settings: the ground truth counts readings beyond them as rejected.
     """
@@ -72,8 +74,8 @@ class SimConfig:
             raise ValueError("format_weights needs one weight per format")
         if self.unknown_devices < 0 or self.polls_per_batch < 1:
             raise ValueError("unknown_devices must be >= 0 and polls_per_batch >= 1")
-        if self.dlms_meters:
-            raise NotImplementedError("dlms_meters > 0: encrypted meter frames are not simulated yet")
+        if self.dlms_meters < 0:
+            raise ValueError("dlms_meters must be >= 0")
 
     def weights(self) -> tuple[float, ...]:
         if self.format_weights is not None:

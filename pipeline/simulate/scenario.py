@@ -8,12 +8,16 @@ sorted by simulated send time (ties keep creation order).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.codecs import RecordType, WireFormat
 from pipeline.simulate.builder import Builder, Encoder
 from pipeline.simulate.config import HOUR_MS, READINGS_TOPIC, REGISTRY_TOPIC, SIM_USAGE_TOPIC, OutMessage, SimConfig
+from pipeline.simulate.dlms import simulate_dlms
 from pipeline.simulate.faults import garbage_bytes, plan_faults, wrong_json
 from pipeline.simulate.fleet import Site, build_fleet
 from pipeline.simulate.registry import registrations
@@ -26,8 +30,17 @@ __all__ = ["Scenario", "build_scenario"]
 @dataclass(frozen=True)
 class Scenario:
     registrations: list[OutMessage]
-    telemetry: list[OutMessage]  # meter readings and SIM usage, in send order
+    telemetry: list[OutMessage]  # meter readings, encrypted meter frames and SIM usage, in send order
     truth: GroundTruth
+    dlms_keys: dict[str, Any] = field(default_factory=dict)  # key file of the DLMS meters (KeyStore format)
+
+    def write_dlms_keys(self, path: str | Path) -> Path:
+        """Write the DLMS meters' key file (JSON, owner read/write only) for ``DLMS_KEYS_FILE``."""
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.dlms_keys or {"meter": []}, fh, indent=1)
+        return path
 
 
 def _sim_usage(b: Builder, site: Site, traffic: dict[int, list[int]]) -> None:
@@ -112,8 +125,15 @@ def build_scenario(config: SimConfig, now_ms: int, encoder: Encoder) -> Scenario
     b.tally.stats["unregistered_devices"] = sum(not d.registered for d in b.fleet.devices)
     for site in b.fleet.sites:
         _sim_usage(b, site, b.site(site))
+    dlms_keys: dict[str, Any] = {}
+    if config.dlms_meters:  # an RNG of its own: the rest of the scenario stays as it is
+        dlms_regs, dlms_keys = simulate_dlms(b, config.seed)
+        for reg in dlms_regs:
+            value = encoder(RecordType.DEVICE_REGISTRATION, reg, b.formats[0])
+            regs.append(OutMessage(REGISTRY_TOPIC, reg["subject_id"].encode(), value))
+            b.tally.registration(reg["tenant_id"], reg["kind"])
     if config.faults:
         _message_faults(b)
     b.pending.sort(key=lambda p: (p[0], p[1]))
     truth = b.tally.result(config.seed, b.now, b.start)
-    return Scenario(regs, [m for _, _, m in b.pending], truth)
+    return Scenario(regs, [m for _, _, m in b.pending], truth, dlms_keys)

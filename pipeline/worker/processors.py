@@ -8,7 +8,7 @@ so the same code runs in the worker, the benchmark and the in-memory tests.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -43,27 +43,64 @@ def _source_columns(frame: pl.DataFrame, messages: Sequence[RawMessage]) -> pl.D
     )
 
 
+def readings_tail(
+    frame: pl.DataFrame,
+    messages: Sequence[RawMessage],
+    now_ms: int,
+    validate: ReadingValidator,
+    duplicates: DuplicateFilter,
+    registry: Registry,
+) -> tuple[pa.Table, pl.DataFrame, int]:
+    """The shared tail of meter.readings and meter.frames: validate → drop duplicates → tag tenant.
+
+    ``frame`` has the :data:`~pipeline.codecs.frames.READINGS_SCHEMA` columns (plus an optional
+    ``flags``). Returns the readings_store rows, the refused rows (``reason``/``detail``, in
+    message order) for the caller to turn into dead letters, and the exact duplicates dropped.
+    """
+    accepted, invalid = validate(frame, now_ms)
+    fresh, conflicts, n_dups = duplicates(accepted)
+    tagged, unknown = tag_frame(fresh, registry)
+    bad = pl.concat([invalid, conflicts, unknown], how="diagonal_relaxed")
+    rows = _source_columns(tagged, messages) if tagged.height else tagged
+    return S.readings_table(rows), bad.sort(["msg_idx", "rec_idx"], maintain_order=True), n_dups
+
+
+# A derive stage: accepted readings of a batch (with ts_ms and src_offset) → extra tables to write
+Derive = Callable[[pl.DataFrame, int], dict[str, pa.Table]]
+
+
+def readings_frame(table: pa.Table) -> pl.DataFrame:
+    """The readings_store rows of a batch as a frame with epoch-ms ``ts_ms`` (what derive stages take)."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(pl.col("ts").dt.epoch("ms").alias("ts_ms"))
+
+
 class ReadingsProcessor:
     """meter.readings: decode → validate → drop duplicates → tag tenant → readings_store rows."""
 
     def __init__(
-        self, decoder: Decoder, validator: ReadingValidator, registry: Registry, duplicates: DuplicateFilter
+        self,
+        decoder: Decoder,
+        validator: ReadingValidator,
+        registry: Registry,
+        duplicates: DuplicateFilter,
+        derive: Derive | None = None,
     ) -> None:
         self._decoder = decoder
         self._validate = validator
         self._registry = registry
         self._duplicates = duplicates
+        self._derive = derive
 
     def __call__(self, messages: Sequence[RawMessage], now_ms: int) -> BatchResult:
         frame, rejects = decode_readings(messages, self._decoder)
-        accepted, invalid = self._validate(frame, now_ms)
-        fresh, conflicts, n_dups = self._duplicates(accepted)
-        tagged, unknown = tag_frame(fresh, self._registry)
-        bad = pl.concat([invalid, conflicts, unknown], how="diagonal_relaxed")
-        rejects += rows_to_rejects(bad.sort(["msg_idx", "rec_idx"], maintain_order=True), messages)
-        rows = _source_columns(tagged, messages) if tagged.height else tagged
-        table = S.readings_table(rows)
-        return BatchResult({"readings_store": table} if table.num_rows else {}, rejects, table.num_rows, n_dups)
+        table, bad, n_dups = readings_tail(frame, messages, now_ms, self._validate, self._duplicates, self._registry)
+        rejects += rows_to_rejects(bad, messages)
+        tables = {"readings_store": table} if table.num_rows else {}
+        if self._derive is not None and table.num_rows:
+            tables |= self._derive(readings_frame(table), now_ms)
+        return BatchResult(tables, rejects, table.num_rows, n_dups)
 
 
 class SimUsageProcessor:

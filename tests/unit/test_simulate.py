@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -26,10 +27,12 @@ from pipeline.codecs import (
     decode_registrations,
     decode_sim_usage,
 )
+from pipeline.dlms import KeyStore, parse_frames
 from pipeline.envelope import RawMessage
 from pipeline.errors import BrokerError, CodecError
 from pipeline.flags import Flag
 from pipeline.simulate import (
+    FRAMES_TOPIC,
     READINGS_TOPIC,
     REGISTRY_TOPIC,
     SIM_USAGE_TOPIC,
@@ -50,6 +53,7 @@ from pipeline.validation import (
     check_imsi,
     normalize_msisdn,
 )
+from pipeline.worker.frames import FramesProcessor
 
 NOW = 1_795_000_123_456  # 2026-11-18, a fixed "now" so that tests do not depend on the clock
 DAY = 86_400_000
@@ -90,6 +94,7 @@ class Observed:
     luhn: int
     readings: pl.DataFrame  # accepted, de-duplicated, tagged channel rows
     sim_usage: pl.DataFrame  # accepted, tagged SIM usage rows
+    frames: pl.DataFrame | None = None  # readings_store rows decrypted from meter.frames
 
 
 def run_pipeline(sc: Scenario, config: SimConfig, decoder: Decoder) -> Observed:
@@ -117,11 +122,28 @@ def run_pipeline(sc: Scenario, config: SimConfig, decoder: Decoder) -> Observed:
     sim_tagged, sim_unknown = tag_frame(sim_ok, registry, key="iccid", kind="sim")
     dl.update(sim_unknown["reason"].to_list())
     luhn = sim_tagged.filter((pl.col("flags") & int(Flag.ICCID_LUHN_FAILED)) != 0).height
+    rows = Counter(dict(tagged.group_by("tenant_id").len().iter_rows()))
+    frames = None
+    if sc.dlms_keys:  # encrypted frames: the worker's processor, in one batch, then every partial APDU expired
+        catalogue = load_catalogue()
+        proc = FramesProcessor(
+            KeyStore.from_mapping(sc.dlms_keys),
+            catalogue,
+            ReadingValidator(catalogue, lateness_ms=lateness),
+            registry,
+            DuplicateFilter(),
+        )
+        result = proc(_raw(sc.telemetry, FRAMES_TOPIC), NOW)
+        dl.update(r.reason.value for r in result.rejects + proc.expire(NOW + DAY))
+        table = result.tables.get("readings_store")
+        frames = pl.from_arrow(table) if table is not None else pl.DataFrame({"tenant_id": []}, {"tenant_id": pl.Utf8})
+        rows.update(dict(frames.group_by("tenant_id").len().iter_rows()))
     return Observed(
-        rows=dict(tagged.group_by("tenant_id").len().sort("tenant_id").iter_rows()),
+        rows=dict(sorted(rows.items())),
         sim_rows=dict(sim_tagged.group_by("tenant_id").len().sort("tenant_id").iter_rows()),
         registry_rows=dict(Counter(r.tenant_id for r in (registry.get(k) for k, _, _ in regs) if r)),
         deadletter=dict(sorted(dl.items())), exact=exact, luhn=luhn, readings=tagged, sim_usage=sim_tagged,
+        frames=frames,
     )  # fmt: skip
 
 
@@ -316,8 +338,10 @@ def test_ground_truth_matches_real_stages_default(default: Scenario, decoder: De
         SimConfig(seed=5, tenants=2, sites_per_tenant=1, days=0.5, formats=("json",), fault_rate=0.05),
         SimConfig(seed=11, tenants=1, sites_per_tenant=2, days=1.5, lateness_days=1.0),  # beyond the horizon
         SimConfig(seed=2, tenants=1, sites_per_tenant=2, days=0.5, faults=False),
+        SimConfig(seed=4, tenants=2, sites_per_tenant=2, days=0.5, dlms_meters=4),
+        SimConfig(seed=6, tenants=1, sites_per_tenant=1, days=0.5, dlms_meters=2, faults=False),
     ],
-    ids=["single-readings", "json-only", "beyond-horizon", "no-faults"],
+    ids=["single-readings", "json-only", "beyond-horizon", "no-faults", "dlms", "dlms-no-faults"],
 )
 def test_ground_truth_matches_real_stages(config: SimConfig, encoder: Encoder, decoder: Decoder) -> None:
     sc = build_scenario(config, NOW, encoder)
@@ -357,6 +381,47 @@ def test_late_messages_arrive_after_later_readings(default: Scenario, decoder: D
             out_of_order += 1
         newest[r["device_id"]] = max(newest.get(r["device_id"], 0), r["ts"])
     assert any(f["kind"] == "late" for f in default.truth.faults) and out_of_order > 0
+
+
+def test_dlms_meters_cover_every_variant_and_leave_the_rest_unchanged(
+    encoder: Encoder, decoder: Decoder, tmp_path: Path
+) -> None:
+    config = SimConfig(seed=9, tenants=2, sites_per_tenant=2, days=0.5, dlms_meters=4)
+    sc = build_scenario(config, NOW, encoder)
+    obs = _assert_truth(sc, config, decoder)
+    regs = [decoder(m.value)[1] for m in sc.registrations]
+    dlms = {r["subject_id"]: r for r in regs if r["attributes"].get("interface") == "dlms-mbus"}
+    assert len(dlms) == 5  # four keyed meters and one whose key is missing
+    keyed = {e["meter_number"]: e for e in sc.dlms_keys["meter"]}
+    assert len(keyed) == 4 and set(keyed) < set(dlms)
+    assert all(dlms[n]["key_id"] == e["system_title"] for n, e in keyed.items())
+    variants = {(dlms[n]["attributes"]["layout"], dlms[n]["attributes"]["security"]) for n in keyed}
+    assert variants == {(lay, sec) for lay in ("nested", "flat") for sec in ("encryption-only", "authenticated")}
+    frames = [m for m in sc.telemetry if m.topic == FRAMES_TOPIC]
+    assert {m.key.decode() for m in frames} == set(dlms)
+    assert any(not parse_frames(m.value)[-1].last for m in frames)  # split pushes: one message per frame
+    assert {f["expected_reason"] for f in sc.truth.faults if f["kind"].startswith("dlms_")} == {
+        None,
+        "unknown_key",
+        "decrypt_failed",
+        "auth_failed",
+        "replayed_frame",
+        "bad_checksum",
+        "incomplete_frame",
+    }
+    assert obs.frames is not None and set(obs.frames["device_id"]) == set(keyed)
+    doubtful = obs.frames.filter((pl.col("flags") & int(Flag.CLOCK_DOUBTFUL)) != 0)
+    assert doubtful["ts"].n_unique() == sum(f["kind"] == "dlms_clock_doubtful" for f in sc.truth.faults) == 2
+    # no key material in what the simulator writes besides the key file
+    secrets = [e[k] for e in keyed.values() for k in ("guek", "ak") if k in e]
+    text = sc.truth.to_json() + "".join(m.value.hex() for m in sc.registrations)
+    assert secrets and not any(k in text or k.upper() in text for k in secrets)
+    path = sc.write_dlms_keys(tmp_path / "keys.json")
+    assert path.stat().st_mode & 0o777 == 0o600 and len(KeyStore.from_file(path)) == 4
+    # the DLMS meters come on top: everything else is byte for byte what it was
+    plain = build_scenario(replace(config, dlms_meters=0), NOW, encoder)
+    assert [m for m in sc.telemetry if m.topic != FRAMES_TOPIC] == plain.telemetry
+    assert sc.registrations[: len(plain.registrations)] == plain.registrations and plain.dlms_keys == {}
 
 
 # -- data faults are really in the data ---------------------------------------------------------------------
@@ -469,8 +534,8 @@ def test_config_is_checked() -> None:
         SimConfig(formats=("xml",))
     with pytest.raises(ValueError):
         SimConfig(formats=("avro", "json"), format_weights=(1.0,))
-    with pytest.raises(NotImplementedError):
-        SimConfig(dlms_meters=1)
+    with pytest.raises(ValueError):
+        SimConfig(dlms_meters=-1)
     assert SimConfig().weights() == (0.8, 0.2)
 
 
