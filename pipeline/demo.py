@@ -27,6 +27,8 @@ from pipeline.broker.embedded import free_port
 from pipeline.errors import TelemetryError
 from pipeline.settings import Settings
 
+DEMO_DLMS_METERS = 4  # smart meters pushing encrypted frames (meter.frames), keys written for the worker
+
 
 @dataclass
 class WorkerClient:
@@ -53,7 +55,9 @@ class WorkerClient:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-def _start_worker(settings: Settings, bootstrap: str, port: int, console: Console) -> WorkerClient:
+def _start_worker(
+    settings: Settings, bootstrap: str, port: int, console: Console, dlms_keys: Path | None = None
+) -> WorkerClient:
     log_path = settings.data_dir / "worker.log"
     env = {
         **os.environ,
@@ -63,6 +67,7 @@ def _start_worker(settings: Settings, bootstrap: str, port: int, console: Consol
         "TOPIC_PREFIX": settings.topic_prefix,
         "CONSUMER_GROUP": settings.consumer_group,
         "DATA_DIR": str(settings.data_dir),
+        **({"DLMS_KEYS_FILE": str(dlms_keys)} if dlms_keys else {}),  # the simulated meters' keys
     }
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -112,12 +117,14 @@ def run_demo(
     from pipeline.simulate import SimConfig, build_scenario, produce
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    config = SimConfig(seed=seed, tenants=tenants, sites_per_tenant=sites_per_tenant, days=days, batch=batch)
+    config = SimConfig(seed=seed, tenants=tenants, sites_per_tenant=sites_per_tenant, days=days, batch=batch,
+                       dlms_meters=DEMO_DLMS_METERS)  # fmt: skip
     now_ms = int(time.time() * 1000)
     with console.status("simulating the fleet…"):
         scenario = build_scenario(config, now_ms, Encoder(SchemaStore.load()))
     truth_path = settings.data_dir / "ground_truth.json"
     truth_path.write_text(scenario.truth.to_json())
+    keys_path = scenario.write_dlms_keys(settings.data_dir / "dlms_keys.json")
     console.print(
         f"fleet: {len(scenario.registrations)} registrations, {len(scenario.telemetry)} telemetry messages "
         f"(ground truth: {truth_path})"
@@ -126,7 +133,7 @@ def run_demo(
     with embedded_broker(log_path=settings.data_dir / "broker.log") as broker:
         console.print(f"embedded Kafka broker (Tansu, in memory) on {broker.bootstrap}")
         ensure_topics(broker.bootstrap, settings.topic_prefix, settings.topic_partitions)
-        client = _start_worker(settings, broker.bootstrap, free_port(), console)
+        client = _start_worker(settings, broker.bootstrap, free_port(), console, keys_path)
         try:
             produce(scenario.registrations, bootstrap=broker.bootstrap, topic_prefix=settings.topic_prefix)
             _wait(client, {"registry.devices": len(scenario.registrations)}, console, "registering")
@@ -167,17 +174,21 @@ def _summary(client: WorkerClient, console: Console, by_topic: dict[str, int], e
         "ORDER BY tbl, tenant_id",
         "Rejected, by reason": "SELECT reason, src_topic, sum(records) AS records, any(example_detail) AS example "
         "FROM deadletter_summary GROUP BY reason, src_topic ORDER BY records DESC",
-        "Energy imported per site (kWh, register max - min)": "SELECT tenant_id, site_id, "
-        "round(sum(d) / 1000, 1) AS kwh FROM (SELECT tenant_id, site_id, device_id, "
-        "max(value) - min(value) AS d FROM readings WHERE quantity = 'active_energy_import' "
-        "GROUP BY tenant_id, site_id, device_id) GROUP BY tenant_id, site_id ORDER BY kwh DESC LIMIT 8",
+        "Energy per site (kWh from 15-minute intervals; estimated = gap-filled)": "SELECT tenant_id, site_id, "
+        "round(sum(measured) / 1000, 1) AS measured_kwh, round(sum(estimated) / 1000, 1) AS estimated_kwh, "
+        "round(sum(cost), 2) AS cost, any(currency) AS currency FROM consumption_daily_site "
+        "WHERE quantity = 'active_energy_import' GROUP BY tenant_id, site_id ORDER BY measured_kwh DESC LIMIT 8",
+        "Register events found while deriving intervals": "SELECT kind, quantity, count() AS events, "
+        "uniqExact(device_id) AS devices FROM register_events GROUP BY kind, quantity ORDER BY kind, quantity",
         "Mean voltage per tenant": "SELECT tenant_id, round(avg(value), 1) AS mean_v, round(min(value), 1) AS min_v, "
         "round(max(value), 1) AS max_v FROM readings WHERE quantity IN ('voltage_l1','voltage_l2','voltage_l3') "
         "GROUP BY tenant_id ORDER BY tenant_id",
-        "SIM data per tenant (MB)": "SELECT tenant_id, uniqExact(sim_id) AS sims, "
-        "round(sum(bytes_up + bytes_down) / 1e6, 1) AS mb, sum(sms_mo) AS sms_mo, "
-        "countIf(roaming = 1) AS roaming_records "
-        "FROM sim_usage GROUP BY tenant_id ORDER BY tenant_id",
+        "SIM data per tenant and day (MB)": "SELECT tenant_id, day, sims, round((bytes_up + bytes_down) / 1e6, 1) "
+        "AS mb, sms_mo, sessions FROM sim_usage_daily_tenant ORDER BY tenant_id, day",
+        "Decrypted smart meters (DLMS/COSEM frames on meter.frames)": "SELECT tenant_id, device_id, "
+        "count() AS n_values, max(ts) AS last_push, round(argMaxIf(value, ts, quantity = 'active_energy_import') "
+        "/ 1000, 1) AS import_kwh, countIf(bitAnd(flags, 3) != 0) AS clock_flagged FROM readings_store FINAL "
+        "WHERE src_topic LIKE '%meter.frames' GROUP BY tenant_id, device_id ORDER BY tenant_id, device_id",
     }
     out: dict[str, Any] = {"messages": by_topic, "seconds": elapsed, "readings_rows": readings_rows}
     for title, sql in queries.items():

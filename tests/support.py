@@ -82,9 +82,10 @@ class WorkerProcess:
             return resp.read().decode()
 
     def query(self, sql: str) -> list[list[Any]]:
-        body = self._get("/query", {"sql": sql})
+        body = self._get("/query", {"sql": sql, "max_rows": 1_000_000})
         if "error" in body:
             raise RuntimeError(body["error"])
+        assert not body["truncated"], f"query result truncated: {sql}"
         return body["rows"]
 
     def wait_processed(self, expected: dict[str, int], timeout: float = 180.0) -> dict[str, int]:

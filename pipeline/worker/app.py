@@ -26,10 +26,22 @@ from pipeline.sinks import ClickHouseSink, DeadLetterSink
 from pipeline.storage import Database
 from pipeline.tenancy import Pseudonymizer, Registry
 from pipeline.validation import DuplicateFilter, ReadingValidator, SimUsageValidator
+from pipeline.worker.derive import IntervalDeriver, clickhouse_fetch
+from pipeline.worker.feed import BatchFeed, pump
+from pipeline.worker.frames import (
+    FramesProcessor,
+    FramesRunner,
+    install_expiry_timer,
+    load_keys,
+    replay_counters_table,
+)
 from pipeline.worker.processors import ReadingsProcessor, RegistryProcessor, SimUsageProcessor
 from pipeline.worker.runner import BatchRunner
 
 log = logging.getLogger(__name__)
+
+BATCH_FED = ("meter.readings", "sim.usage")  # agents fed whole batches by BatchFeed
+BATCH_MAX_BYTES = 16 * 1024 * 1024  # a batch-fed agent takes at most this many value bytes at once
 
 
 def to_raw(event: EventT) -> RawMessage:
@@ -188,6 +200,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
                 ReadingValidator(catalogue, **lateness),
                 registry,
                 DuplicateFilter(settings.duplicate_cache_rows),
+                IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None,
             ),
             sink,
             deadletters,
@@ -201,9 +214,30 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
             metrics,
         ),
     }
+    # meter.frames: DLMS keys from the settings, replay counters in the dlms_replay table (see worker/frames.py)
+    frames = FramesProcessor(
+        load_keys(settings.dlms_keys_file),
+        catalogue,
+        ReadingValidator(catalogue, **lateness),
+        registry,
+        DuplicateFilter(settings.duplicate_cache_rows),
+        replay_counters_table(app, settings.topic_partitions),
+        max_wait_ms=settings.dlms_max_wait_ms,
+        derive=IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None,
+    )
+    runners["meter.frames"] = FramesRunner("meter.frames", frames, sink, deadletters, metrics)
+    install_expiry_timer(app, frames, deadletters, sink, settings.dlms_max_wait_ms)
+
+    # High-volume topics bypass Faust's per-event Stream path: whole fetched batches, bulk acks
+    # after durability, insert of batch N overlapped with processing of batch N+1 (worker/feed.py).
+    feed = BatchFeed(app, [settings.topic(name) for name in BATCH_FED])
 
     def make_agent(name: str, runner: BatchRunner) -> None:
         async def agent(stream: faust.StreamT) -> None:
+            if name in BATCH_FED:  # the stream stays subscribed (Faust assigns its partitions) but idle
+                await pump(feed, settings.topic(name), runner.prepare, runner.persist,
+                           max_messages=settings.batch_max_messages, max_bytes=BATCH_MAX_BYTES,
+                           within=settings.batch_max_seconds)  # fmt: skip
             async for events in stream.noack_take(settings.batch_max_messages, within=settings.batch_max_seconds):
                 await runner.run([to_raw(e) for e in events])
                 for e in events:
@@ -214,6 +248,9 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
 
     for name, runner in runners.items():
         make_agent(name, runner)
+    # 100 ms instead of Faust's hard-coded 1500: Tansu holds every fetch that long even with data
+    # waiting; a Kafka broker answers as soon as there is data, so it only adds idle polls there.
+    feed.install(fetch_max_wait_ms=100)
 
     worker = Worker(app, runners, registry, db, metrics, deadletters)
     from pipeline.worker.web import install_views

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from pipeline.worker.app import Worker
 
 _READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXPLAIN|EXISTS)\b", re.IGNORECASE)
-MAX_QUERY_ROWS = 10_000
+MAX_QUERY_ROWS = 10_000  # default cap of /query results
+HARD_MAX_QUERY_ROWS = 2_000_000
 
 
 def _jsonable(v: Any) -> Any:
@@ -40,15 +41,16 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def run_readonly_query(worker: Worker, sql: str) -> dict[str, Any]:
+def run_readonly_query(worker: Worker, sql: str, max_rows: int = MAX_QUERY_ROWS) -> dict[str, Any]:
     if not _READ_ONLY.match(sql):
         raise StorageError("only read-only statements (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) are accepted")
     worker.db.command(f"USE {worker.db.name}")
     columns, rows = worker.db.query_rows(sql)
+    max_rows = max(1, min(max_rows, HARD_MAX_QUERY_ROWS))
     return {
         "columns": columns,
-        "rows": [[_jsonable(v) for v in row] for row in rows[:MAX_QUERY_ROWS]],
-        "truncated": len(rows) > MAX_QUERY_ROWS,
+        "rows": [[_jsonable(v) for v in row] for row in rows[:max_rows]],
+        "truncated": len(rows) > max_rows,
     }
 
 
@@ -84,15 +86,15 @@ def install_views(worker: Worker) -> None:
     @app.page("/query")
     class QueryView(web.View):
         async def get(self, request: web.Request) -> web.Response:
-            return await self._run(request.query.get("sql", ""))
+            return await self._run(request.query.get("sql", ""), int(request.query.get("max_rows", MAX_QUERY_ROWS)))
 
         async def post(self, request: web.Request) -> web.Response:
             body = await request.json()
-            return await self._run(str(body.get("sql", "")))
+            return await self._run(str(body.get("sql", "")), int(body.get("max_rows", MAX_QUERY_ROWS)))
 
-        async def _run(self, sql: str) -> web.Response:
+        async def _run(self, sql: str, max_rows: int) -> web.Response:
             try:
-                result = await asyncio.to_thread(run_readonly_query, worker, sql)
+                result = await asyncio.to_thread(run_readonly_query, worker, sql, max_rows)
             except StorageError as exc:
                 return self.json({"error": str(exc), "code": exc.code}, status=400)
             return self.json(result)
