@@ -205,3 +205,79 @@ def simulate(
         producer_config=settings.kafka_client_config(),
     )
     console.print(f"produced {n:,} messages to {bootstrap} (prefix {settings.topic_prefix!r})")
+
+
+deadletter_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
+app.add_typer(deadletter_app, name="deadletter")
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(
+    reason: Annotated[str, typer.Option(help="dl.reason of the records to replay, e.g. unknown_key")],
+    topic: Annotated[str, typer.Option(help="their source topic, without the prefix, e.g. meter.frames")],
+    system_title: Annotated[
+        list[str] | None, typer.Option(help="meter.frames: only frames of this system title (repeatable)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be replayed, send nothing")] = False,
+    requeue: Annotated[
+        bool, typer.Option(help="meter.frames: move unconsumed newer frames of the same meters behind the copies")
+    ] = True,
+) -> None:
+    """Send dead letters of one reason back to their source topic (see docs/dlms.md for meter.frames).
+
+    For meter.frames the workers must be stopped: a replayed frame passes the replay guard
+    only if no newer frame of its meter was accepted before it.
+    """
+    from pipeline.deadletter_replay import replay_deadletters
+    from pipeline.envelope import Reason
+
+    if reason not in {r.value for r in Reason}:
+        console.print(f"[red]unknown reason {reason!r}[/red]; one of: {', '.join(r.value for r in Reason)}")
+        raise typer.Exit(2)
+    settings = _settings()
+    if settings.embedded_broker:
+        console.print("[red]set KAFKA_BOOTSTRAP_SERVERS[/red] (the embedded broker keeps nothing between runs)")
+        raise typer.Exit(2)
+    report = replay_deadletters(
+        settings.kafka_bootstrap_servers or "",
+        topic_prefix=settings.topic_prefix,
+        consumer_group=settings.consumer_group,
+        reason=reason,
+        topic=topic,
+        system_titles=system_title or (),
+        dry_run=dry_run,
+        requeue=requeue,
+        client_config=settings.kafka_client_config(),
+        announce=console.print,
+    )
+    console.print(
+        f"{report.topic}: {report.found} dead letter(s) with reason {reason}, {report.duplicates} identical "
+        f"cop(ies) skipped, {len(report.superseded)} frame(s) already overtaken by a newer accepted frame "
+        f"(they would end as replayed_frame), {report.replayed} {'to replay' if dry_run else 'replayed'}"
+    )
+    for d in report.superseded[:10]:
+        console.print(f"  not replayed: system title {d.system_title}, frame counter {d.frame_counter}")
+    for partition, n in sorted(report.waiting.items()):
+        moved = "moved behind the copies" if partition in report.requeued else "to be moved behind the copies"
+        console.print(f"  {report.topic}[{partition}]: {n} newer frame(s) of these meters waiting, backlog {moved}")
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="tiny workload: checks the harness, not the pipeline")] = False,
+    out: Annotated[str | None, typer.Option(help="JSON result file (default bench/results/latest.json)")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the pipeline workers (repeatable), e.g. DERIVE_INTERVALS=false"),
+    ] = None,
+) -> None:
+    """Throughput benchmark on the embedded broker and chDB (see bench/README.md); needs the repository checkout."""
+    from pathlib import Path
+
+    try:
+        from bench import run_bench
+        from bench.report import parse_env
+    except ImportError as exc:
+        console.print("[red]the bench/ package is not importable: run from the repository checkout[/red]")
+        raise typer.Exit(2) from exc
+    run_bench(quick=quick, out=Path(out) if out else None, worker_env=parse_env(env or []))
