@@ -7,14 +7,7 @@ the worker's /status endpoint and reads results through its /query endpoint.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,78 +17,39 @@ from rich.table import Table
 
 from pipeline.broker import embedded_broker, ensure_topics
 from pipeline.broker.embedded import free_port
-from pipeline.errors import TelemetryError
 from pipeline.settings import Settings
+from pipeline.worker.process import WorkerProcess
 
 DEMO_DLMS_METERS = 4  # smart meters pushing encrypted frames (meter.frames), keys written for the worker
 
 
-@dataclass
-class WorkerClient:
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def get(self, path: str, payload: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-
-    def query(self, sql: str) -> tuple[list[str], list[list[Any]]]:
-        body = self.get("/query", {"sql": sql})
-        return body["columns"], body["rows"]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-
 def _start_worker(
     settings: Settings, bootstrap: str, port: int, console: Console, dlms_keys: Path | None = None
-) -> WorkerClient:
-    log_path = settings.data_dir / "worker.log"
+) -> WorkerProcess:
     env = {
-        **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "WEB_PORT": str(port),
         "CLICKHOUSE_URL": settings.clickhouse_url,
         "TOPIC_PREFIX": settings.topic_prefix,
         "CONSUMER_GROUP": settings.consumer_group,
         "DATA_DIR": str(settings.data_dir),
         **({"DLMS_KEYS_FILE": str(dlms_keys)} if dlms_keys else {}),  # the simulated meters' keys
     }
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    client = WorkerClient(port, proc, log_path)
-    deadline = time.monotonic() + 120
+    # a fresh log per demo run
+    (settings.data_dir / "worker.log").unlink(missing_ok=True)
+    worker = WorkerProcess(env, settings.data_dir / "worker.log", port)
     with console.status("starting the worker (group join on the embedded broker takes a few seconds)…"):
-        while time.monotonic() < deadline:
-            if not client.alive():
-                raise TelemetryError(f"the worker exited during start-up:\n{client.log_tail()}")
-            try:
-                if client.get("/status", timeout=2).get("ready"):
-                    return client
-            except OSError:
-                pass
-            time.sleep(0.3)
-    raise TelemetryError(f"the worker did not become ready:\n{client.log_tail()}")
+        return worker.start(120)
 
 
-def _wait(client: WorkerClient, expected: dict[str, int], console: Console, what: str) -> float:
+def _wait(client: WorkerProcess, expected: dict[str, int], console: Console, what: str) -> float:
     started = time.monotonic()
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         tasks = {t: progress.add_task(f"{what} {t}", total=n) for t, n in expected.items() if n}
         while True:
-            if not client.alive():
-                raise TelemetryError(f"the worker stopped:\n{client.log_tail()}")
-            processed = client.get("/status", timeout=5)["processed"]
+            client.check_alive()
+            processed = client.status()["processed"]
             for t, task in tasks.items():
                 progress.update(task, completed=min(processed.get(t, 0), expected[t]))
             if all(processed.get(t, 0) >= n for t, n in expected.items()):
@@ -146,11 +100,7 @@ def run_demo(
             elapsed = time.monotonic() - started
             summary = _summary(client, console, by_topic, elapsed)
         finally:
-            client.proc.send_signal(signal.SIGTERM)
-            try:
-                client.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                client.proc.kill()
+            client.stop()
     console.print(
         f"\nClickHouse data stays in {settings.clickhouse.redacted()}; explore it with "
         '[bold]telemetry query "SELECT …"[/bold]'
@@ -158,7 +108,7 @@ def run_demo(
     return summary
 
 
-def _summary(client: WorkerClient, console: Console, by_topic: dict[str, int], elapsed: float) -> dict[str, Any]:
+def _summary(client: WorkerProcess, console: Console, by_topic: dict[str, int], elapsed: float) -> dict[str, Any]:
     _, rows = client.query("SELECT count() FROM readings")
     readings_rows = int(rows[0][0])
     console.print(

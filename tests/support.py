@@ -6,114 +6,52 @@ open a data directory, and the worker is that process.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.broker.embedded import free_port
+from pipeline.worker.process import WorkerProcess as BaseWorkerProcess
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
-@dataclass
-class WorkerProcess:
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = field(default_factory=free_port)
+class WorkerProcess(BaseWorkerProcess):
+    """A worker on a free port with the test-only conveniences."""
 
-    def start(self, timeout: float = 90.0) -> WorkerProcess:
-        env = {**os.environ, **self.env, "WEB_PORT": str(self.port)}
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if self.status().get("ready"):
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path, free_port())
 
-    def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def _get(self, path: str, data: dict | None = None, timeout: float = 60.0) -> Any:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}",
-            data=json.dumps(data).encode() if data is not None else None,
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return json.loads(body)
-            except ValueError:
-                raise RuntimeError(f"{path}: HTTP {exc.code}: {body[:500]!r}") from exc
-
-    def status(self) -> dict[str, Any]:
-        return self._get("/status", timeout=5)
+    def start(self, timeout: float = 90.0, *, wait: bool = True) -> WorkerProcess:
+        super().start(timeout, wait=wait)
+        return self
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
             return resp.read().decode()
 
-    def query(self, sql: str) -> list[list[Any]]:
-        body = self._get("/query", {"sql": sql, "max_rows": 1_000_000})
-        if "error" in body:
-            raise RuntimeError(body["error"])
-        assert not body["truncated"], f"query result truncated: {sql}"
-        return body["rows"]
+    def query(self, sql: str, *, max_rows: int = 1_000_000) -> list[list[Any]]:  # type: ignore[override]
+        return super().query(sql, max_rows=max_rows)[1]
 
     def wait_processed(self, expected: dict[str, int], timeout: float = 180.0) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         processed: dict[str, int] = {}
         while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            self.check_alive()
             processed = self.status()["processed"]
             if all(processed.get(k, 0) >= v for k, v in expected.items()):
                 return processed
             time.sleep(0.3)
         raise TimeoutError(f"processed {processed}, expected {expected}\n{self.log_tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        self._log.close()
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
 
 
 def producer(bootstrap: str) -> Producer:
