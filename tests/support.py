@@ -6,6 +6,7 @@ open a data directory, and the worker is that process.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -119,3 +120,8 @@ def header(msg: Any, name: str) -> str | None:
 
 def count_reasons(messages: Iterable[Any]) -> dict[str, int]:
     return dict(Counter(header(m, "dl.reason") for m in messages))
+
+
+def shared_testdata(name: str) -> Any:
+    """A JSON test vector from shared/testdata (shared/ sits beside the checkout)."""
+    return json.loads((Path(__file__).resolve().parents[2] / "shared" / "testdata" / name).read_text())

@@ -32,9 +32,9 @@ from pipeline.dlms.notification import UNITS, scale
 from pipeline.envelope import RawMessage, Reason, Rejected
 from pipeline.errors import ConfigError
 from pipeline.flags import Flag
+from tests.support import shared_testdata
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # shared/ sits beside the checkout
-VECTOR = json.loads((SHARED / "testdata" / "dlms_kaifa_tinetz.json").read_text())
+VECTOR = shared_testdata("dlms_kaifa_tinetz.json")
 KEY = bytes.fromhex(VECTOR["key_hex"])
 FRAMES = [bytes.fromhex(h) for h in VECTOR["frames_hex"]]
 TITLE = VECTOR["expected"]["system_title_hex"]

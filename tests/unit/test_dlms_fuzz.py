@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,9 +24,9 @@ from pipeline.dlms import (
     segment_apdu,
 )
 from pipeline.envelope import RawMessage
+from tests.support import shared_testdata
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # shared/ sits beside the checkout
-VECTOR = json.loads((SHARED / "testdata" / "dlms_kaifa_tinetz.json").read_text())
+VECTOR = shared_testdata("dlms_kaifa_tinetz.json")
 KEY = bytes.fromhex(VECTOR["key_hex"])
 AK = bytes(range(0xD0, 0xE0))
 TITLE = VECTOR["expected"]["system_title_hex"]
