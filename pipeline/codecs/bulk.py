@@ -85,7 +85,7 @@ def _container_header(schema_str: str) -> bytes:
     return bytes(out + b"\x00" + _SYNC)
 
 
-def _read(schema_str: str, bodies: list[memoryview]) -> pl.DataFrame | None:
+def _read(schema_str: str, bodies: list[bytes]) -> pl.DataFrame | None:
     data = b"".join(bodies)
     buf = b"".join((_container_header(schema_str), _varint(len(bodies)), _varint(len(data)), data, _SYNC))
     try:
@@ -163,40 +163,42 @@ def _reading_len() -> pl.Expr:
 # ---- the bulk path -------------------------------------------------------------------------------
 
 
-def _classify(
-    messages: Sequence[RawMessage], decoder: Decoder
-) -> dict[RecordType, tuple[list[int], list[memoryview]]]:
+def _classify(messages: Sequence[RawMessage], decoder: Decoder) -> dict[RecordType, tuple[list[int], list[bytes]]]:
+    """Indices and Avro bodies of the messages of each wanted record type (list comprehensions:
+    this runs once per message, so it is kept free of per-message Python branches)."""
     store = decoder.store
     wanted = (RecordType.METER_READING, RecordType.METER_READING_BATCH)
-    by_fingerprint = {store.fingerprint(rt): rt for rt in wanted}
-    by_id: dict[int, RecordType | None] = {}
-    groups: dict[RecordType, tuple[list[int], list[memoryview]]] = {rt: ([], []) for rt in wanted}
     limit = decoder.max_bytes
-    for i, msg in enumerate(messages):
-        v = msg.value
-        if v is None or not 10 < len(v) <= limit:
+    heads = {_SINGLE_MAGIC + store.fingerprint(rt): rt for rt in wanted}
+    values = [m.value for m in messages]
+    kinds = [heads.get(v[:10]) if v is not None and 10 < len(v) <= limit else None for v in values]
+    starts: dict[int, int] = {}  # header length where it is not 10 (Confluent framing: 5)
+    by_id: dict[int, RecordType | None] = {}
+    for i in [i for i, k in enumerate(kinds) if k is None]:  # other formats: usually none
+        v = values[i]
+        if v is None or not 10 < len(v) <= limit or v[0] != 0:
             continue
-        if v[:2] == _SINGLE_MAGIC:
-            rt, start = by_fingerprint.get(v[2:10]), 10
-        elif v[0] == 0:
-            schema_id = int.from_bytes(v[1:5], "big")
-            if schema_id not in by_id:
-                try:
-                    found = store.by_id(schema_id)
-                except Exception:  # registry trouble: the per-message path reports it
-                    found = None
-                by_id[schema_id] = found if found in wanted else None
-            rt, start = by_id[schema_id], 5
+        schema_id = int.from_bytes(v[1:5], "big")
+        if schema_id not in by_id:
+            try:
+                found = store.by_id(schema_id)
+            except Exception:  # registry trouble: the per-message path reports it
+                found = None
+            by_id[schema_id] = found if found in wanted else None
+        if by_id[schema_id] is not None:
+            kinds[i], starts[i] = by_id[schema_id], 5
+    groups: dict[RecordType, tuple[list[int], list[bytes]]] = {}
+    for rt in wanted:
+        idx = [i for i, k in enumerate(kinds) if k is rt]
+        if starts:
+            bodies = [values[i][starts.get(i, 10) :] for i in idx]
         else:
-            continue
-        if rt is not None:
-            idx, bodies = groups[rt]
-            idx.append(i)
-            bodies.append(memoryview(v)[start:])
+            bodies = [values[i][10:] for i in idx]
+        groups[rt] = (idx, bodies)
     return groups
 
 
-def _singles(store: Any, idx: list[int], bodies: list[memoryview]) -> pl.DataFrame | None:
+def _singles(store: Any, idx: list[int], bodies: list[bytes]) -> pl.DataFrame | None:
     df = _read(store.schema_str(RecordType.METER_READING), bodies)
     if df is None:
         return None
@@ -213,7 +215,7 @@ def _singles(store: Any, idx: list[int], bodies: list[memoryview]) -> pl.DataFra
     )
 
 
-def _batches(store: Any, idx: list[int], bodies: list[memoryview]) -> pl.DataFrame | None:
+def _batches(store: Any, idx: list[int], bodies: list[bytes]) -> pl.DataFrame | None:
     df = _read(store.schema_str(RecordType.METER_READING_BATCH), bodies)
     if df is None:
         return None

@@ -41,7 +41,7 @@ from pipeline.worker.runner import BatchRunner
 log = logging.getLogger(__name__)
 
 BATCH_FED = ("meter.readings", "sim.usage")  # agents fed whole batches by BatchFeed
-BATCH_MAX_BYTES = 16 * 1024 * 1024  # a batch-fed agent takes at most this many value bytes at once
+BATCH_MAX_BYTES = 8 * 1024 * 1024  # a batch-fed agent takes at most this many value bytes at once
 
 
 def to_raw(event: EventT) -> RawMessage:

@@ -78,7 +78,7 @@ def to_raw(records: Iterable[Any]) -> list[RawMessage]:
 class BatchFeed:
     """Divert the records of ``topics`` from Faust's per-event path into batches (see module docs)."""
 
-    def __init__(self, app: Any, topics: Iterable[str], *, max_buffer_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, app: Any, topics: Iterable[str], *, max_buffer_bytes: int = 32 * 1024 * 1024) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.max_buffer_bytes = max_buffer_bytes
