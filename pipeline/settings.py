@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     pseudonym_secret: SecretStr = SecretStr("dev-only-pseudonym-secret-change-me")
     derive_intervals: bool = Field(default=True, description="derive 15-minute interval consumption in the stream")
 
+    # Anomaly alerts (domain/anomalies.md, docs/alerts.md)
+    alerts_enabled: bool = Field(default=True, description="evaluate the anomaly rules and publish alerts")
+    alert_policy_file: Path | None = Field(
+        default=None, description="TOML file of per-tenant/site rule overrides, validated at start; unset = defaults"
+    )
+
     # Encrypted meter frames (meter.frames, see docs/dlms.md)
     dlms_keys_file: Path | None = Field(
         default=None,

@@ -1,0 +1,193 @@
+"""Alert episodes: evaluations in, transitions out (raised → updated* → cleared), one id per episode.
+
+Per (tenant, subject, rule) the tracker keeps the open episode, if any. A firing
+evaluation opens one (``raised``) or extends it (count, last_seen; a severity change is
+published as ``updated``, a repeat is not published). A condition rule's episode clears
+after ``clear_after`` consecutive non-firing evaluations; an event rule's after its
+``quiet_period_s`` of stream time without a firing one. Evaluations older than the last
+one applied to a key are ignored, so re-delivered data neither re-raises nor clears.
+
+The alert id is derived from the key and the first firing time, so a replay through a
+fresh consumer group publishes the same ids. Open episodes are persisted through
+``write`` (in the worker: a Faust global table, so a restart neither re-raises nor forgets).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+
+import polars as pl
+
+from pipeline.anomaly.catalogue import RULES
+from pipeline.anomaly.model import Severity, State, Transition
+from pipeline.anomaly.policy import Policy
+
+__all__ = ["AlertTracker", "Episode", "alert_id"]
+
+_NS = uuid.UUID("5b0f6a3e-52c1-4d0e-9a57-0c4f3b8d2e11")
+
+
+def alert_id(key: str, first_seen: int) -> str:
+    return str(uuid.uuid5(_NS, f"{key}|{first_seen}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """A key's state: an open episode (``alert_id`` set) or only the watermark of a closed one."""
+
+    last_eval: int  # event time of the newest evaluation applied
+    alert_id: str = ""
+    tenant_id: str = ""
+    site_id: str = ""
+    subject_id: str = ""
+    subject_type: str = ""
+    rule: str = ""
+    severity: int = 0
+    first_seen: int = 0
+    last_seen: int = 0
+    count: int = 0
+    quiet: int = 0  # consecutive non-firing evaluations
+    observed: float | None = None
+    threshold: float | None = None
+    message: str = ""
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Episode:
+        doc = json.loads(raw)
+        doc["attributes"] = tuple(tuple(a) for a in doc.get("attributes") or ())
+        return cls(**doc)
+
+    def transition(self, state: State) -> Transition:
+        return Transition(self.alert_id, self.tenant_id, self.subject_id, self.subject_type, self.rule,
+                          Severity(self.severity), state, self.site_id, self.first_seen, self.last_seen, self.count,
+                          self.observed, self.threshold, self.message, dict(self.attributes))  # fmt: skip
+
+
+class AlertTracker:
+    """Turns evaluation frames into transitions; thread-safe (two agents may share one)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: Mapping[str, bytes] | None = None,
+        write: Callable[[str, bytes | None], None] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._store = store if store is not None else {}
+        self._write = write
+        self._mem: dict[str, Episode] = {}  # keys this tracker touched: their newest state
+        self._dirty: dict[str, Episode | None] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, key: str) -> Episode | None:
+        ep = self._mem.get(key)
+        if ep is None:  # not touched here: maybe opened before a restart or by another worker
+            raw = self._store.get(key)
+            ep = Episode.loads(raw) if raw else None
+        return ep
+
+    def _set(self, key: str, ep: Episode) -> None:
+        was_open = (old := self._get(key)) is not None and bool(old.alert_id)
+        self._mem[key] = ep
+        if ep.alert_id:
+            self._dirty[key] = ep
+        elif was_open:
+            self._dirty[key] = None
+
+    def _open_keys(self) -> set[str]:
+        stored = {k for k in self._store if k not in self._mem}
+        return stored | {k for k, e in self._mem.items() if e.alert_id}
+
+    @property
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._open_keys())
+
+    def open_episodes(self) -> list[Episode]:
+        with self._lock:
+            eps = (self._get(k) for k in self._open_keys())
+            return [e for e in eps if e is not None and e.alert_id]
+
+    def apply(self, evals: pl.DataFrame, stream_ms: int) -> list[Transition]:
+        """Apply one batch's evaluations (any order); ``stream_ms`` = newest event time seen."""
+        with self._lock:
+            out: list[Transition] = []
+            if evals.height:
+                key = pl.concat_str(["tenant_id", "subject_id", "rule"], separator="|")
+                evals = evals.with_columns(key.alias("_key"))
+                # keys with a firing evaluation in this batch or an open episode; the rest are no-ops
+                relevant = evals.filter(pl.col("firing").any().over("_key") | pl.col("_key").is_in(list(self._open_keys())))
+                for row in relevant.sort(["_key", "ts_ms"]).iter_rows(named=True):
+                    t = self._step(row)
+                    if t is not None:
+                        out.append(t)
+            out.extend(self._expire_events(stream_ms))
+            return out
+
+    def _step(self, row: dict) -> Transition | None:
+        key, ts = row["_key"], row["ts_ms"]
+        ep = self._get(key)
+        if ep is not None and ts <= ep.last_eval:
+            return None
+        params = self._policy.params(row["rule"], row["tenant_id"], row["site_id"])
+        if not row["firing"]:
+            if ep is None or not ep.alert_id:
+                return None
+            if RULES[row["rule"]].kind == "event" or ep.quiet + 1 < int(params["clear_after"]):
+                self._set(key, replace(ep, last_eval=ts, quiet=ep.quiet + 1))
+                return None
+            self._set(key, Episode(last_eval=ts))
+            return ep.transition(State.CLEARED)
+        sev = int(row["severity"])
+        fields = {"observed": row["observed"], "threshold": row["threshold"], "message": row["message"]}
+        if ep is None or not ep.alert_id:
+            new = Episode(ts, alert_id(key, ts), row["tenant_id"], row["site_id"], row["subject_id"],
+                          row["subject_type"], row["rule"], sev, ts, ts, 1, 0, **fields)  # fmt: skip
+            self._set(key, new)
+            return new.transition(State.RAISED)
+        grown = replace(ep, last_eval=ts, last_seen=ts, count=ep.count + 1, quiet=0, severity=sev,
+                        **(fields if sev != ep.severity else {}))  # fmt: skip
+        self._set(key, grown)
+        return grown.transition(State.UPDATED) if sev != ep.severity else None
+
+    def _expire_events(self, stream_ms: int) -> list[Transition]:
+        out = []
+        for key in self._open_keys():
+            ep = self._get(key)
+            if ep is None or not ep.alert_id or RULES[ep.rule].kind != "event":
+                continue
+            quiet_ms = int(self._policy.params(ep.rule, ep.tenant_id, ep.site_id)["quiet_period_s"]) * 1000
+            if stream_ms - ep.last_seen >= quiet_ms:
+                self._set(key, Episode(last_eval=max(ep.last_eval, ep.last_seen)))
+                out.append(ep.transition(State.CLEARED))
+        return out
+
+    def annotate(self, key: str, attributes: Mapping[str, str]) -> Transition | None:
+        """Add attributes to an open episode (e.g. a gap's cause); published as ``updated``."""
+        with self._lock:
+            ep = self._get(key)
+            if ep is None or not ep.alert_id:
+                return None
+            merged = {**dict(ep.attributes), **attributes}
+            if merged == dict(ep.attributes):
+                return None
+            new = replace(ep, attributes=tuple(sorted(merged.items())))
+            self._set(key, new)
+            return new.transition(State.UPDATED)
+
+    def persist(self) -> int:
+        """Write changed episodes through ``write`` (call on the event loop, after the batch is durable)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        if self._write is not None:
+            for key, ep in dirty.items():
+                self._write(key, ep.dumps() if ep is not None else None)
+        return len(dirty)

@@ -1,0 +1,146 @@
+"""The alerts sink: transitions → the ``alerts`` topic (Avro ``Alert``) and rows for ``alerts_store``.
+
+Key ``tenant|subject|rule`` keeps an episode's transitions in one partition, in order.
+Headers let a consumer filter without decoding the value: ``alert.tenant``,
+``alert.severity``, ``alert.rule``, ``alert.state``, ``alert.id``, ``alert.subject_type``.
+:meth:`AlertPublisher.flush` returns once the broker acknowledged every transition,
+so the worker acknowledges its input only after the alerts are out (at-least-once;
+``alert_id`` + state identify a duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+
+import pyarrow as pa
+from confluent_kafka import KafkaError, Producer
+
+from pipeline.anomaly.model import Severity, State, Transition
+from pipeline.codecs import Encoder, RecordType
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ALERTS_SCHEMA", "AlertPublisher", "alert_headers", "alerts_table", "transitions_of"]
+
+_TS = pa.timestamp("ms", tz="UTC")
+ALERTS_SCHEMA = pa.schema(
+    [
+        ("alert_id", pa.string()),
+        ("tenant_id", pa.string()),
+        ("site_id", pa.string()),
+        ("subject_id", pa.string()),
+        ("subject_type", pa.string()),
+        ("rule", pa.string()),
+        ("severity", pa.string()),
+        ("state", pa.string()),
+        ("first_seen", _TS),
+        ("last_seen", _TS),
+        ("count", pa.uint32()),
+        ("observed", pa.float64()),
+        ("threshold", pa.float64()),
+        ("message", pa.string()),
+        ("attributes", pa.map_(pa.string(), pa.string())),
+        ("published_at", _TS),
+    ]
+)
+
+
+def alert_headers(t: Transition) -> list[tuple[str, bytes]]:
+    return [
+        ("alert.tenant", t.tenant_id.encode()),
+        ("alert.severity", str(t.severity).encode()),
+        ("alert.rule", t.rule.encode()),
+        ("alert.state", t.state.value.encode()),
+        ("alert.id", t.alert_id.encode()),
+        ("alert.subject_type", t.subject_type.encode()),
+    ]
+
+
+def alerts_table(transitions: Iterable[Transition], published_ms: int) -> pa.Table:
+    rows = []
+    for t in transitions:
+        r = t.record()
+        r["site_id"] = t.site_id
+        r["attributes"] = list(t.attributes.items())
+        r["published_at"] = published_ms
+        rows.append(r)
+    return pa.Table.from_pylist(rows, schema=ALERTS_SCHEMA)
+
+
+def transitions_of(table: pa.Table) -> list[Transition]:
+    """The transitions of ``alerts_store`` rows (what the runner publishes after a batch)."""
+    out = []
+    for r in table.to_pylist():
+        out.append(Transition(
+            r["alert_id"], r["tenant_id"], r["subject_id"], r["subject_type"], r["rule"], Severity.parse(r["severity"]),
+            State(r["state"]), r["site_id"], _epoch_ms(r["first_seen"]), _epoch_ms(r["last_seen"]), r["count"],
+            r["observed"], r["threshold"], r["message"], dict(r["attributes"] or ()),
+        ))  # fmt: skip
+    return out
+
+
+def _epoch_ms(value: object) -> int:
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)  # type: ignore[arg-type]
+
+
+class AlertPublisher:
+    """Produce transitions; ``flush`` waits until all are acknowledged (re-sends on failure)."""
+
+    def __init__(self, producer: Producer, topic: str, encoder: Encoder) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._encode = encoder
+        self._errors: list[KafkaError] = []
+        self._outbox: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        self.published = 0
+
+    @classmethod
+    def create(
+        cls, bootstrap: str, topic: str, encoder: Encoder, *, client_config: Mapping[str, str] | None = None
+    ) -> AlertPublisher:
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all", "enable.idempotence": False,
+             "partitioner": "murmur2_random", **(client_config or {})}  # fmt: skip
+        )
+        return cls(producer, topic, encoder)
+
+    def add(self, transitions: Iterable[Transition]) -> int:
+        n = 0
+        for t in transitions:
+            message = (t.key.encode(), self._encode(RecordType.ALERT, t.record()), alert_headers(t))
+            self._outbox.append(message)
+            self._produce(*message)
+            n += 1
+        return n
+
+    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def _produce(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self._producer.produce(self._topic, value=value, key=key, headers=headers,
+                                       on_delivery=self._on_delivery)  # fmt: skip
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+
+    async def flush(self, *, max_backoff: float = 30.0) -> None:
+        delay = 0.5
+        while self._outbox:
+            remaining = await asyncio.to_thread(self._producer.flush, 30.0)
+            if not remaining and not self._errors:
+                self.published += len(self._outbox)
+                self._outbox.clear()
+                return
+            errors, self._errors = self._errors, []
+            log.warning("alert delivery incomplete (%d pending, %d errors: %s); re-sending in %.1fs",
+                        remaining, len(errors), errors[:1], delay)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+            self._errors.clear()
+            for message in self._outbox:
+                self._produce(*message)
