@@ -130,9 +130,13 @@ def _summary(client: WorkerProcess, console: Console, by_topic: dict[str, int], 
         "WHERE quantity = 'active_energy_import' GROUP BY tenant_id, site_id ORDER BY measured_kwh DESC LIMIT 8",
         "Register events found while deriving intervals": "SELECT kind, quantity, count() AS events, "
         "uniqExact(device_id) AS devices FROM register_events GROUP BY kind, quantity ORDER BY kind, quantity",
-        "Mean voltage per tenant": "SELECT tenant_id, round(avg(value), 1) AS mean_v, round(min(value), 1) AS min_v, "
-        "round(max(value), 1) AS max_v FROM readings WHERE quantity IN ('voltage_l1','voltage_l2','voltage_l3') "
-        "GROUP BY tenant_id ORDER BY tenant_id",
+        "Voltage L1 per tenant and local day (V)": "SELECT tenant_id, day, round(min, 1) AS min_v, "
+        "round(avg, 1) AS avg_v, round(max, 1) AS max_v, n AS readings FROM instant_daily_tenant "
+        "WHERE quantity = 'voltage_l1' ORDER BY tenant_id, day",
+        "Generator fuel per site (L; runtime in hours)": "SELECT tenant_id, site_id, round(sum(used_l), 1) AS used_l, "
+        "round(sum(refuel_l), 1) AS refuel_l, round(sum(unexplained_drop_l), 1) AS unexplained_l, "
+        "round(sum(runtime_s + runtime_estimated_s) / 3600, 1) AS run_h FROM fuel_daily "
+        "GROUP BY tenant_id, site_id ORDER BY used_l DESC LIMIT 8",
         "SIM data per tenant and day (MB)": "SELECT tenant_id, day, sims, round((bytes_up + bytes_down) / 1e6, 1) "
         "AS mb, sms_mo, sessions FROM sim_usage_daily_tenant ORDER BY tenant_id, day",
         "Decrypted smart meters (DLMS/COSEM frames on meter.frames)": "SELECT tenant_id, device_id, "

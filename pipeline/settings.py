@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     duplicate_cache_rows: int = Field(default=2_000_000, ge=0)
     pseudonym_secret: SecretStr = SecretStr("dev-only-pseudonym-secret-change-me")
     derive_intervals: bool = Field(default=True, description="derive 15-minute interval consumption in the stream")
+    derive_fuel: bool = Field(default=True, description="derive generator fuel use and runtime per 15 minutes")
 
     # Anomaly alerts (domain/anomalies.md, docs/alerts.md)
     alerts_enabled: bool = Field(default=True, description="evaluate the anomaly rules and publish alerts")

@@ -5,7 +5,11 @@ state at t1 (the last state sample at or before t1; none known = stopped):
 
 * L1 − L0 > ``refuel_min_l`` → a refuel of L1 − L0 litres (never negative use), whatever the state;
 * otherwise, running → L0 − L1 is fuel used; stopped → L0 − L1 is an ``unexplained_drop``
-  (theft/leak: the ``fuel_drop`` anomaly decides, this only reports it).
+  (theft/leak: the ``fuel_drop`` anomaly decides, this only reports it);
+* across a reading gap (t1 − t0 > ``gap_factor`` × the series' expected period, when given)
+  the state in between is unknown: the engine counts as running if it ran at t0 or at t1
+  (a generator often runs through the grid outage that cut its connectivity), so such a
+  drop is fuel used, not a theft.
 
 Each pair's litres are shared pro rata by time over the intervals [t0, t1) overlaps, as
 for registers. Per interval, the signed sums are then cleaned of sensor noise:
@@ -50,8 +54,11 @@ def fuel_intervals(
     interval_s: int = 900,
     refuel_min_l: float = 1.0,
     noise_l: float = 0.5,
+    periods: pl.DataFrame | None = None,
+    gap_factor: float = 2.0,
 ) -> FuelResult:
-    """``levels``/``states``: keys + ``ts_ms``, ``value`` [+ ``seq``] (state: 1 running, 0 stopped)."""
+    """``levels``/``states``: keys + ``ts_ms``, ``value`` [+ ``seq``] (state: 1 running, 0 stopped);
+    ``periods``: keys + ``expected_period_s`` (nullable; no row or null = no gap rule)."""
     keys = list(keys) or ["_sid"]
     ims = interval_s * 1000
     seq = ["seq"] if "seq" in levels.columns else []
@@ -63,6 +70,14 @@ def fuel_intervals(
              .join_asof(st.rename({"ts_ms": "_st", "value": "_state"}).sort([*keys, "_st"]), left_on="t1",
                         right_on="_st", by=keys, strategy="backward", check_sortedness=False)
              .with_columns(_rise=c("l1") - c("l0"), _run=c("_state").fill_null(0.0) > 0.5))  # fmt: skip
+    if periods is not None and not periods.is_empty():
+        st0 = st.rename({"ts_ms": "_st0", "value": "_state0"}).sort([*keys, "_st0"])
+        per = _keyed(periods, keys).lazy().select(*keys, _p=c("expected_period_s").cast(pl.Float64))
+        at_t0 = (pairs.sort([*keys, "t0"])
+                 .join_asof(st0, left_on="t0", right_on="_st0", by=keys, strategy="backward", check_sortedness=False)
+                 .join(per, on=keys, how="left"))  # fmt: skip
+        gap = ((c("t1") - c("t0")) / 1000.0 > gap_factor * c("_p")).fill_null(False)
+        pairs = at_t0.with_columns(_run=c("_run") | (gap & (c("_state0").fill_null(0.0) > 0.5)))
     refuel = c("_rise") > refuel_min_l
     pairs = pairs.with_columns(_refuel=pl.when(refuel).then(c("_rise")).otherwise(0.0),
                                _used=pl.when(~refuel & c("_run")).then(-c("_rise")).otherwise(0.0),
@@ -99,10 +114,14 @@ def generator_intervals(
     register (``generator_runtime``, seconds) through the register rules; the cap is the elapsed time.
 
     ``runtime_params``: keys + ceiling, max_rate_per_s, expected_period_s (default: ceiling
-    2^32 − 1, rate 1.0, no gap estimation). Intervals present in either series are returned.
+    2^32 − 1, rate 1.0, no gap estimation); the expected period is the level's too (one
+    reading carries all of a generator's channels), for the gap rule of :func:`fuel_intervals`.
+    Intervals present in either series are returned.
     """
     keys_l = list(keys) or ["_sid"]
-    fuel = fuel_intervals(levels, states, keys=keys, interval_s=interval_s, refuel_min_l=refuel_min_l, noise_l=noise_l)
+    periods = None if runtime_params is None else _keyed(runtime_params, keys_l).select(*keys_l, "expected_period_s")
+    fuel = fuel_intervals(levels, states, keys=keys, interval_s=interval_s, refuel_min_l=refuel_min_l, noise_l=noise_l,
+                          periods=periods)  # fmt: skip
     rt = _keyed(runtime, keys_l)
     if runtime_params is None:
         runtime_params = (

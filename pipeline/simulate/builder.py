@@ -12,10 +12,11 @@ from typing import Any
 from pipeline.catalogue import load_catalogue
 from pipeline.codecs import RecordType, WireFormat
 from pipeline.simulate.config import DAY_MS, HOUR_MS, MINUTE_MS, READINGS_TOPIC, OutMessage, SimConfig
-from pipeline.simulate.faults import RECORD_KINDS, FaultPlan, corrupt
+from pipeline.simulate.energy import RegisterSeries
+from pipeline.simulate.faults import CEILINGS, RECORD_KINDS, DataFault, FaultPlan, corrupt
 from pipeline.simulate.fleet import Device, Fleet, Site
 from pipeline.simulate.profiles import simulate_device
-from pipeline.simulate.timeline import TICK_MS, make_timeline
+from pipeline.simulate.timeline import TICK_MS, Series, make_timeline
 from pipeline.simulate.truth import Tally
 
 __all__ = ["Builder", "Encoder"]
@@ -31,8 +32,10 @@ class Builder:
         self.rng = random.Random(config.seed)
         self.start = now_ms - int(config.days * DAY_MS)
         self.oldest = now_ms - int(config.lateness_days * DAY_MS)  # older readings are rejected: no faults there
-        self.tally = Tally(load_catalogue(), now_ms, int(config.lateness_days * DAY_MS),
+        catalogue = load_catalogue()
+        self.tally = Tally(catalogue, now_ms, int(config.lateness_days * DAY_MS),
                            config.future_tolerance_s * 1000)  # fmt: skip
+        self.cumulative = set(catalogue.cumulative_codes())
         self.formats = [WireFormat(f) for f in config.formats]
         self.cum_weights = list(itertools.accumulate(config.weights()))
         self.pending: list[tuple[int, int, OutMessage]] = []
@@ -82,6 +85,8 @@ class Builder:
                 detail = f"no readings for {(b - a) // HOUR_MS} h, cause={cause}"
                 tally.fault("gap", READINGS_TOPIC, d.tenant_id, a, detail, None, device_id=d.device_id,
                             end_ts=b - d.period_s * 1000)  # fmt: skip
+            if d.registered:
+                self.registers(d, series, fault, [s for s, _ in silent])
             seq0 = rng.randrange(1, 1_000_000)
             for i, (t, m) in enumerate(zip(series.ts, series.values, strict=True)):
                 if t >= d.first_ms and not any(a <= t < b for (a, b), _ in silent):
@@ -98,6 +103,21 @@ class Builder:
         for group in groups:
             self.message(site, group, block, offline, traffic)
         return traffic
+
+    def registers(self, d: Device, series: Series, fault: DataFault | None, silent: list[tuple[int, int]]) -> None:
+        """Record the device's cumulative registers for the consumption ground truth."""
+        if not series.ts:
+            return
+        faulted = CEILINGS.get(d.kind, ("", 0.0))[0]
+        realised = [r["ts"] for r in series.records if not r.get("event")]
+        kind = fault.kind if fault and fault.kind in ("rollover", "reset") and realised else None
+        sent = tuple(not any(a <= t < b for a, b in silent) for t in series.ts)
+        for code in sorted(self.cumulative & series.values[0].keys()):
+            hit = kind is not None and code == faulted
+            self.tally.registers.append(RegisterSeries(
+                d.device_id, d.tenant_id, code, tuple(series.ts), tuple(v[code] for v in series.values), sent,
+                kind if hit else None, realised[0] if hit else None,
+                fault.params.get("ceiling") if hit and fault else None))  # fmt: skip
 
     def message(
         self,
@@ -184,6 +204,6 @@ class Builder:
         hour[1] += 1
         for d, r in items:
             if dup is None:
-                self.tally.reading(d.tenant_id if d.registered else None, r["ts"], r["measurements"])
+                self.tally.reading(d.tenant_id if d.registered else None, r["ts"], r["measurements"], d.device_id)
             else:
                 self.tally.duplicate(r["ts"], r["measurements"], dup or None)

@@ -11,7 +11,10 @@ Counting rules (what the pipeline must reproduce):
 * a re-sent reading's channels with equal values are exact duplicates (dropped,
   counted); a changed channel is one ``conflicting_duplicate`` dead letter;
 * every SIM usage record of a registered SIM is a row; an ICCID failing only the
-  Luhn check is accepted and counted in ``luhn_flagged``.
+  Luhn check is accepted and counted in ``luhn_flagged``;
+* ``consumption``: per registered device, cumulative quantity and UTC day, how far the
+  register really advanced and which days an injected gap touches
+  (:mod:`pipeline.simulate.energy`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.catalogue import Catalogue
+from pipeline.simulate.energy import RegisterSeries, daily_advance
 
 __all__ = ["GroundTruth", "Tally"]
 
@@ -40,6 +44,8 @@ class GroundTruth:
     faults: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # non-faults: generator runs, refuels
     stats: dict[str, int] = field(default_factory=dict)
+    # device x cumulative quantity x UTC day: advance, uncounted, gap, split (see pipeline.simulate.energy)
+    consumption: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(asdict(self), indent=indent, sort_keys=True)
@@ -57,6 +63,7 @@ class Tally:
 
     def __init__(self, catalogue: Catalogue, now_ms: int, lateness_ms: int, future_ms: int) -> None:
         self._bounds = {q.code: (q.min, q.max) for q in catalogue.quantities.values()}
+        self._cumulative = set(catalogue.cumulative_codes())
         self._future = now_ms + future_ms
         self._oldest = now_ms - lateness_ms
         self.rows: dict[str, Counter[str]] = defaultdict(Counter)
@@ -67,6 +74,8 @@ class Tally:
         self.luhn = 0
         self.faults: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.registers: list[RegisterSeries] = []
+        self.rejected_registers: set[tuple[str, str, int]] = set()  # (device, quantity, ts) refused
 
     def channel_reason(self, ts: int, code: str, value: float) -> str | None:
         if ts > self._future:
@@ -82,7 +91,9 @@ class Tally:
             return "out_of_range"
         return None
 
-    def reading(self, tenant: str | None, ts: int, measurements: dict[str, float]) -> set[str]:
+    def reading(
+        self, tenant: str | None, ts: int, measurements: dict[str, float], device_id: str | None = None
+    ) -> set[str]:
         """Count one reading (``tenant`` None = unregistered device); returns its dead-letter reasons."""
         reasons, good = set(), 0
         for code, value in measurements.items():
@@ -91,6 +102,8 @@ class Tally:
                 good += 1
             else:
                 reasons.add(r)
+                if device_id is not None and code in self._cumulative:
+                    self.rejected_registers.add((device_id, code, ts))
         if good and tenant is None:
             reasons.add("unknown_device")
         elif good:
@@ -156,4 +169,5 @@ class Tally:
             messages=dict(sorted(self.messages.items())), faults=faults,
             events=sorted(self.events, key=lambda e: (e["ts"], e["kind"], e["device_id"])),
             stats=dict(sorted(self.stats.items())),
+            consumption=daily_advance(self.registers, self.rejected_registers),
         )  # fmt: skip

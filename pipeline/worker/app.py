@@ -35,7 +35,9 @@ from pipeline.worker.frames import (
     load_keys,
     replay_counters_table,
 )
-from pipeline.worker.processors import ReadingsProcessor, RegistryProcessor, SimUsageProcessor
+from pipeline.worker.fuel import FuelDeriver
+from pipeline.worker.fuel import clickhouse_fetch as fuel_fetch
+from pipeline.worker.processors import ReadingsProcessor, RegistryProcessor, SimUsageProcessor, compose
 from pipeline.worker.runner import BatchRunner
 
 log = logging.getLogger(__name__)
@@ -200,7 +202,10 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
                 ReadingValidator(catalogue, **lateness),
                 registry,
                 DuplicateFilter(settings.duplicate_cache_rows),
-                IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None,
+                compose(
+                    IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None,
+                    FuelDeriver(catalogue, registry, fuel_fetch(db)) if settings.derive_fuel else None,
+                ),
             ),
             sink,
             deadletters,

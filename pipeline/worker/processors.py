@@ -69,6 +69,21 @@ def readings_tail(
 Derive = Callable[[pl.DataFrame, int], dict[str, pa.Table]]
 
 
+def compose(*stages: Derive | None) -> Derive | None:
+    """One derive stage running the given ones in order (``None``s skipped; ``None`` if none is left)."""
+    live = [s for s in stages if s is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def derive(rows: pl.DataFrame, now_ms: int) -> dict[str, pa.Table]:
+        out: dict[str, pa.Table] = {}
+        for stage in live:
+            out |= stage(rows, now_ms)
+        return out
+
+    return derive
+
+
 def readings_frame(table: pa.Table) -> pl.DataFrame:
     """The readings_store rows of a batch as a frame with epoch-ms ``ts_ms`` (what derive stages take)."""
     frame = pl.from_arrow(table)
@@ -107,12 +122,18 @@ class SimUsageProcessor:
     """sim.usage: decode → validate identifiers → tag tenant by ICCID → pseudonymise."""
 
     def __init__(
-        self, decoder: Decoder, validator: SimUsageValidator, registry: Registry, pseudonyms: Pseudonymizer
+        self,
+        decoder: Decoder,
+        validator: SimUsageValidator,
+        registry: Registry,
+        pseudonyms: Pseudonymizer,
+        detect: Derive | None = None,
     ) -> None:
         self._decoder = decoder
         self._validate = validator
         self._registry = registry
         self._pseudonyms = pseudonyms
+        self._detect = detect  # the SIM anomaly rules (pipeline.anomaly.SimAlerts)
 
     def __call__(self, messages: Sequence[RawMessage], now_ms: int) -> BatchResult:
         frame, rejects = decode_sim_usage(messages, self._decoder)
@@ -137,7 +158,10 @@ class SimUsageProcessor:
         rows = _source_columns(tagged, messages)
         usage = S.sim_usage_table(rows)
         identity = S.sim_identity_table(rows)
-        return BatchResult({"sim_usage_store": usage, "sim_identity": identity}, rejects, usage.num_rows)
+        tables = {"sim_usage_store": usage, "sim_identity": identity}
+        if self._detect is not None:
+            tables |= self._detect(rows, now_ms)
+        return BatchResult(tables, rejects, usage.num_rows)
 
 
 class RegistryProcessor:
