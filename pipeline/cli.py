@@ -281,3 +281,58 @@ def bench(
         console.print("[red]the bench/ package is not importable: run from the repository checkout[/red]")
         raise typer.Exit(2) from exc
     run_bench(quick=quick, out=Path(out) if out else None, worker_env=parse_env(env or []))
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="The alerts topic.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's alerts")] = None,
+    severity: Annotated[str | None, typer.Option(help="this severity and above: info, warning, critical")] = None,
+    from_beginning: Annotated[bool, typer.Option(help="start at the oldest retained transition")] = False,
+    limit: Annotated[int, typer.Option(help="stop after this many transitions (0 = follow forever)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Print alert transitions (raised / updated / cleared) as they are published."""
+    from pipeline.anomaly import Severity
+    from pipeline.anomaly.subscribe import AlertFilter, follow, format_alert
+
+    settings = _settings()
+    if settings.embedded_broker:
+        console.print("[red]set KAFKA_BOOTSTRAP_SERVERS[/red] to the broker the workers use")
+        raise typer.Exit(2)
+    try:
+        wanted = AlertFilter(tenant, Severity.parse(severity) if severity else None)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    n = 0
+    try:
+        for alert in follow(settings.kafka_bootstrap_servers or "", settings.topic("alerts"), wanted,
+                            from_beginning=from_beginning, client_config=settings.kafka_client_config()):  # fmt: skip
+            print(json.dumps(alert, sort_keys=True) if as_json else format_alert(alert), flush=True)
+            n += 1
+            if limit and n >= limit:
+                break
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def evaluate(
+    seed: Annotated[int, typer.Option(help="simulator seed")] = 11,
+    tenants: Annotated[int, typer.Option()] = 3,
+    sites_per_tenant: Annotated[int, typer.Option()] = 6,
+    days: Annotated[float, typer.Option(help="days of history (spike needs >= 1 day of intervals)")] = 8.0,
+    out: Annotated[str | None, typer.Option(help="write the scores as JSON here")] = None,
+) -> None:
+    """Precision and recall of every anomaly rule against the simulator's injected faults."""
+    from pathlib import Path
+
+    from pipeline.evaluate import run_evaluation
+
+    settings = _settings()
+    run_evaluation(settings, seed=seed, tenants=tenants, sites_per_tenant=sites_per_tenant, days=days,
+                   console=console, out=Path(out) if out else None)  # fmt: skip

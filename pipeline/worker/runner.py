@@ -18,6 +18,7 @@ from pipeline.envelope import RawMessage, Reason, Rejected
 from pipeline.errors import StorageError
 from pipeline.metrics import Metrics
 from pipeline.sinks import ClickHouseSink, DeadLetterSink
+from pipeline.sinks.alerts import AlertPublisher, transitions_of
 from pipeline.worker.processors import BatchResult
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,12 @@ class BatchRunner:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        alerts: AlertPublisher | None = None,
+        on_durable: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
+        self._alerts = alerts  # publishes a batch's alerts_store rows on the alerts topic before the ack
+        self._on_durable = on_durable  # e.g. persist alert episodes to their Faust table
         self._process = processor
         self._sink = sink
         self._dl = deadletters
@@ -103,6 +108,10 @@ class BatchRunner:
             self._sink.add(dest, topic, -1, table)
         self._dl.add(result.rejects)
         await self._dl.flush()
+        alerts = result.tables.get("alerts_store")
+        if self._alerts is not None and alerts is not None and alerts.num_rows:
+            self._alerts.add(transitions_of(alerts))
+            await self._alerts.flush()
         try:
             await self._sink.flush()
         except StorageError as exc:  # permanent refusal (e.g. a schema mismatch): keep the bytes, move on
@@ -110,6 +119,8 @@ class BatchRunner:
             self._dl.add(Rejected(Reason.SINK_REJECTED, str(exc)[:500], m) for m in messages)
             await self._dl.flush()
             await self._sink.flush()
+        if self._on_durable is not None:
+            self._on_durable()
         self.processed_messages += len(messages)
         self._consumed.inc(len(messages))
         self._accepted.inc(result.accepted)

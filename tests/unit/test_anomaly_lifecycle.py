@@ -139,3 +139,11 @@ def test_policy_file_errors_name_the_place(tmp_path) -> None:
     assert policy.params("voltage_out_of_band", "acme", "p1")["nominal_v"] == 240.0
     assert policy.params("voltage_out_of_band", "acme", "p2")["nominal_v"] == 230.0
     assert policy.params("voltage_out_of_band", "acme", "p1")["enabled"] is False
+
+
+def test_the_example_policy_file_is_valid() -> None:
+    from pathlib import Path
+
+    policy = Policy.load(Path(__file__).resolve().parents[2] / "config" / "alert_policy.example.toml")
+    assert policy.params("gap", "tenant-01", "any")["period_factor"] == 3.0
+    assert policy.params("generator_unexpected_run", "tenant-02", "")["enabled"] is False

@@ -1,0 +1,94 @@
+"""The anomaly stage around the rules: transitions as alerts_store rows, gap causes, scoring."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.anomaly import Policy, RULES, Severity, State, evaluations
+from pipeline.anomaly.lifecycle import AlertTracker
+from pipeline.anomaly.quality import Episode, Expected, expected_alerts, score
+from pipeline.anomaly.stage import MeterAlerts
+from pipeline.sinks.alerts import alert_headers, transitions_of
+from pipeline.tenancy import Registry
+
+HOUR = 3_600_000
+
+
+class HighValue:
+    """A stand-in rule: fires on every reading above 100 (the stage, not a rule, is under test)."""
+
+    spec = RULES["gap"]
+
+    def __call__(self, batch, ctx) -> pl.DataFrame:  # noqa: ANN001
+        r = batch.readings
+        frame = r.select(
+            "tenant_id", "site_id", pl.col("device_id").alias("subject_id"), "ts_ms",
+            (pl.col("value") > 100).alias("firing"), pl.col("value").alias("observed"),
+        )  # fmt: skip
+        return evaluations(frame, subject_type="device", rule="gap", severity=int(Severity.WARNING))
+
+
+def _readings(values: list[float], device: str = "m1") -> pl.DataFrame:
+    return pl.DataFrame({"tenant_id": "t1", "site_id": "s1", "device_id": device, "quantity": "active_power",
+                         "ts_ms": [i * 60_000 for i in range(len(values))], "value": values})  # fmt: skip
+
+
+def _registry() -> Registry:
+    reg = Registry()
+    reg.put({"subject_id": "m1", "subject_type": "device", "kind": "electricity_meter", "tenant_id": "t1",
+             "site_id": "s1", "sim_iccid": "8991000000000000001"})  # fmt: skip
+    return reg
+
+
+def test_transitions_become_alerts_store_rows_with_the_gap_cause() -> None:
+    calls = []
+
+    def attribute(tenant: str, iccid: str, start: int, end: int) -> tuple[str, str]:
+        calls.append((tenant, iccid, start, end))
+        return "connectivity", "sim-pseudonym"
+
+    stage = MeterAlerts([HighValue()], AlertTracker(Policy()), Policy(), _registry(), attribute=attribute)
+    tables = stage(_readings([5, 500, 5, 5, 5]), now_ms=10 * HOUR)
+    got = transitions_of(tables["alerts_store"])
+    assert [t.state for t in got] == [State.RAISED, State.CLEARED]
+    assert all(t.attributes == {"cause": "connectivity", "sim_id": "sim-pseudonym"} for t in got)
+    assert calls == [("t1", "8991000000000000001", 60_000, 60_000 + 500_000)]  # observed = gap seconds
+    assert dict(alert_headers(got[0]))["alert.severity"] == b"warning"
+    assert stage(_readings([5, 5]), now_ms=10 * HOUR) == {}  # no transition, no table
+
+
+def test_a_failing_rule_is_logged_and_skipped() -> None:
+    class Broken:
+        spec = RULES["spike"]
+
+        def __call__(self, batch, ctx) -> pl.DataFrame:  # noqa: ANN001
+            raise RuntimeError("bug")
+
+    stage = MeterAlerts([Broken(), HighValue()], AlertTracker(Policy()), Policy(), _registry())
+    assert "alerts_store" in stage(_readings([500]), now_ms=HOUR)
+
+
+def test_scores_per_rule() -> None:
+    faults = [
+        {"kind": "spike", "device_id": "a", "tenant_id": "t", "iccid": None, "ts": 10 * HOUR, "end_ts": 10 * HOUR},
+        {"kind": "spike", "device_id": "b", "tenant_id": "t", "iccid": None, "ts": 10 * HOUR, "end_ts": 10 * HOUR},
+        {"kind": "sim_offline", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": HOUR, "end_ts": 3 * HOUR},
+        {"kind": "rollover", "device_id": "c", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": HOUR},
+        {"kind": "sim_roaming", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": HOUR, "end_ts": 4 * HOUR},
+    ]
+    expected = expected_alerts(faults, lambda t, i: f"p({i})", {"I1": ["m1", "m2"]})
+    assert Expected("gap", "m2", HOUR, 3 * HOUR, "connectivity") in expected
+    assert Expected("sim_roaming", "p(I1)", HOUR, 4 * HOUR) in expected
+    episodes = [
+        Episode("spike", "a", 10 * HOUR + 900_000, 10 * HOUR + 900_000),  # within the hour of tolerance
+        Episode("spike", "a", 20 * HOUR, 20 * HOUR),  # a false one
+        Episode("gap", "m1", HOUR, HOUR, "connectivity"),
+        Episode("gap", "m2", 2 * HOUR, 2 * HOUR, "device"),  # detected, wrong cause
+        Episode("negative_delta", "c", HOUR, HOUR),  # a rollover must not alert
+    ]
+    s = score(episodes, expected)
+    assert (s["spike"].injected, s["spike"].detected, s["spike"].episodes, s["spike"].true_episodes) == (2, 1, 2, 1)
+    assert s["spike"].recall == 0.5 and s["spike"].precision == 0.5
+    assert (s["gap"].recall, s["gap"].precision, s["gap"].cause_correct) == (1.0, 1.0, 1)
+    assert s["negative_delta"].recall is None and s["negative_delta"].precision == 0.0
+    assert s["sim_roaming"].recall == 0.0 and s["sim_roaming"].precision is None
