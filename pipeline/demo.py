@@ -139,6 +139,12 @@ def _summary(client: WorkerProcess, console: Console, by_topic: dict[str, int], 
         "GROUP BY tenant_id, site_id ORDER BY used_l DESC LIMIT 8",
         "SIM data per tenant and day (MB)": "SELECT tenant_id, day, sims, round((bytes_up + bytes_down) / 1e6, 1) "
         "AS mb, sms_mo, sessions FROM sim_usage_daily_tenant ORDER BY tenant_id, day",
+        "Alert episodes by rule and peak severity (gap causes from the linked SIM's usage)": "SELECT rule, "
+        "['info', 'warning', 'critical'][peak] AS severity, count() AS episodes, countIf(cleared) AS cleared, "
+        "arrayStringConcat(arraySort(groupUniqArrayIf(cause, cause != '')), ', ') AS causes FROM (SELECT alert_id, "
+        "any(rule) AS rule, max(indexOf(['info', 'warning', 'critical'], severity)) AS peak, "
+        "max(state = 'cleared') AS cleared, any(attributes['cause']) AS cause FROM alerts GROUP BY alert_id) "
+        "GROUP BY rule, peak ORDER BY rule, peak",
         "Decrypted smart meters (DLMS/COSEM frames on meter.frames)": "SELECT tenant_id, device_id, "
         "count() AS n_values, max(ts) AS last_push, round(argMaxIf(value, ts, quantity = 'active_energy_import') "
         "/ 1000, 1) AS import_kwh, countIf(bitAnd(flags, 3) != 0) AS clock_flagged FROM readings_store FINAL "

@@ -47,3 +47,16 @@ class StorageError(TelemetryError):
 
 class MigrationError(StorageError):
     """A DDL file failed to apply."""
+
+
+def _bug_types() -> tuple[type[BaseException], ...]:
+    try:  # a Rust panic inside polars surfaces as pyo3's PanicException, a BaseException
+        from polars.exceptions import PanicException
+    except ImportError:  # pragma: no cover
+        return (Exception,)
+    return (Exception, PanicException)
+
+
+# What a stage may raise on a bad batch without taking the worker down: catch these (and only
+# these) where one batch or one rule is isolated; KeyboardInterrupt and SystemExit still propagate.
+PROCESSING_FAILURES: tuple[type[BaseException], ...] = _bug_types()

@@ -70,9 +70,12 @@ def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_ten
         ensure_topics(broker.bootstrap, settings.topic_prefix, settings.topic_partitions)
         client = _start_worker(settings, broker.bootstrap, free_port(), console)
         try:
-            for what, batch, topics in (("registering", scenario.registrations, {REGISTRY_TOPIC: len(scenario.registrations)}),
-                                        ("SIM usage", sims, {SIM_USAGE_TOPIC: len(sims)}),
-                                        ("meter data", meters, dict(counts))):  # fmt: skip
+            phases = (
+                ("registering", scenario.registrations, {REGISTRY_TOPIC: len(scenario.registrations)}),
+                ("SIM usage", sims, {SIM_USAGE_TOPIC: len(sims)}),
+                ("meter data", meters, dict(counts)),
+            )
+            for what, batch, topics in phases:
                 produce(batch, bootstrap=broker.bootstrap, topic_prefix=settings.topic_prefix)
                 _wait(client, topics, console, what)
             episodes = _episodes(client)

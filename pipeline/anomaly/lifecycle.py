@@ -124,7 +124,9 @@ class AlertTracker:
                 key = pl.concat_str(["tenant_id", "subject_id", "rule"], separator="|")
                 evals = evals.with_columns(key.alias("_key"))
                 # keys with a firing evaluation in this batch or an open episode; the rest are no-ops
-                relevant = evals.filter(pl.col("firing").any().over("_key") | pl.col("_key").is_in(list(self._open_keys())))
+                relevant = evals.filter(
+                    pl.col("firing").any().over("_key") | pl.col("_key").is_in(list(self._open_keys()))
+                )
                 for row in relevant.sort(["_key", "ts_ms"]).iter_rows(named=True):
                     t = self._step(row)
                     if t is not None:

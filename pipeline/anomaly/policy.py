@@ -129,7 +129,9 @@ class Policy:
         pairs = subjects.select("tenant_id", "site_id").unique()
         rows = [self.params(rule, t, s) for t, s in pairs.iter_rows()]
         params = pl.DataFrame({n: [r[n] for r in rows] for n in names}) if rows else None
-        joined = pairs.hstack(params) if params is not None else pairs.with_columns(pl.lit(None).alias(n) for n in names)
+        joined = (
+            pairs.hstack(params) if params is not None else pairs.with_columns(pl.lit(None).alias(n) for n in names)
+        )
         return subjects.join(joined, on=["tenant_id", "site_id"], how="left")
 
     def __repr__(self) -> str:

@@ -23,7 +23,8 @@ HOUR = 3_600_000
 FAULT_RULE = {"spike": "spike", "flatline": "flatline", "gap": "gap", "sim_offline": "gap",
               "voltage_out_of_band": "voltage_out_of_band", "low_power_factor": "low_power_factor",
               "fuel_drop": "fuel_drop", "reset": "negative_delta", "sim_data_spike": "sim_data_spike",
-              "sim_sms_flood": "sim_sms_flood", "sim_imei_change": "sim_imei_change", "sim_roaming": "sim_roaming"}  # fmt: skip
+              "sim_sms_flood": "sim_sms_flood", "sim_imei_change": "sim_imei_change",
+              "sim_roaming": "sim_roaming"}  # fmt: skip
 TOLERANCE_MS = {"sim_data_spike": 24 * HOUR, "sim_sms_flood": 24 * HOUR}  # daily / 24 h rules
 
 
@@ -96,7 +97,12 @@ def expected_alerts(
 
 def _overlaps(e: Episode, x: Expected) -> bool:
     tol = TOLERANCE_MS.get(x.rule, HOUR)
-    return e.rule == x.rule and e.subject_id == x.subject_id and e.first_seen <= x.end + tol and x.start - tol <= e.last_seen
+    return (
+        e.rule == x.rule
+        and e.subject_id == x.subject_id
+        and e.first_seen <= x.end + tol
+        and x.start - tol <= e.last_seen
+    )
 
 
 def score(episodes: Iterable[Episode], expected: Iterable[Expected]) -> dict[str, RuleScore]:

@@ -24,6 +24,7 @@ from pipeline.anomaly.inputs import Context, MeterBatch, MeterRule, SimBatch, Si
 from pipeline.anomaly.lifecycle import AlertTracker
 from pipeline.anomaly.model import State, Transition
 from pipeline.anomaly.policy import Policy
+from pipeline.errors import PROCESSING_FAILURES
 from pipeline.sinks.alerts import alerts_table
 from pipeline.tenancy import Registry
 
@@ -63,7 +64,7 @@ class _Stage:
         for rule in rules:
             try:
                 frames.append(rule(batch, ctx))  # type: ignore[arg-type]
-            except Exception:  # a rule bug must not stop the pipeline: log it, the others still run
+            except PROCESSING_FAILURES:  # a rule bug must not stop the pipeline: log it, the others still run
                 log.exception("anomaly rule %s failed on a batch; its evaluations are skipped", rule.spec.id)
         evals = pl.concat([f for f in frames if f.height], how="vertical") if any(f.height for f in frames) else None
         self._stream_ms = max(self._stream_ms, min(newest_ms, now_ms))
@@ -104,10 +105,14 @@ class MeterAlerts(_Stage):
             reg = self._registry.get(t.subject_id)
             if reg is None or not reg.sim_iccid:
                 continue
-            end = t.first_seen + int((t.observed or 0) * 1000)  # the gap rule reports its length in seconds
+            # the gap rule stamps the first missed reading (last reading + period) and reports the hole
+            # (resumed - last reading) in seconds and the limit (period_factor x period) as threshold
+            factor = float(self._policy.params("gap", t.tenant_id, t.site_id)["period_factor"]) or 1.0
+            period = int((t.threshold or 0) * 1000 / factor)
+            end = t.first_seen - period + int((t.observed or 0) * 1000)
             try:
                 cause, sim_id = self._attribute(t.tenant_id, reg.sim_iccid, t.first_seen, end)
-            except Exception:
+            except PROCESSING_FAILURES:
                 log.exception("gap attribution for %s failed", t.subject_id)
                 cause, sim_id = "unknown", ""
             causes[t.alert_id] = {"cause": cause, "sim_id": sim_id}

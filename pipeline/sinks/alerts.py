@@ -101,8 +101,14 @@ class AlertPublisher:
         cls, bootstrap: str, topic: str, encoder: Encoder, *, client_config: Mapping[str, str] | None = None
     ) -> AlertPublisher:
         producer = Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all", "enable.idempotence": False,
-             "partitioner": "murmur2_random", **(client_config or {})}  # fmt: skip
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 20,
+                "acks": "all",
+                "enable.idempotence": False,
+                "partitioner": "murmur2_random",
+                **(client_config or {}),
+            }
         )
         return cls(producer, topic, encoder)
 

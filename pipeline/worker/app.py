@@ -17,7 +17,7 @@ import faust
 from faust.types import EventT
 
 from pipeline.catalogue import Catalogue
-from pipeline.codecs import Decoder, RecordType, SchemaStore
+from pipeline.codecs import Decoder, Encoder, RecordType, SchemaStore
 from pipeline.envelope import RawMessage
 from pipeline.errors import CodecError
 from pipeline.metrics import Metrics
@@ -26,6 +26,7 @@ from pipeline.sinks import ClickHouseSink, DeadLetterSink
 from pipeline.storage import Database
 from pipeline.tenancy import Pseudonymizer, Registry
 from pipeline.validation import DuplicateFilter, ReadingValidator, SimUsageValidator
+from pipeline.worker.alerts import build_alerts
 from pipeline.worker.derive import IntervalDeriver, clickhouse_fetch
 from pipeline.worker.feed import BatchFeed, pump
 from pipeline.worker.frames import (
@@ -37,7 +38,7 @@ from pipeline.worker.frames import (
 )
 from pipeline.worker.fuel import FuelDeriver
 from pipeline.worker.fuel import clickhouse_fetch as fuel_fetch
-from pipeline.worker.processors import ReadingsProcessor, RegistryProcessor, SimUsageProcessor, compose
+from pipeline.worker.processors import Derive, ReadingsProcessor, RegistryProcessor, SimUsageProcessor, compose
 from pipeline.worker.runner import BatchRunner
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,17 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
     )
     pseudonyms = Pseudonymizer(settings.pseudonym_secret)
     lateness = {"lateness_ms": settings.lateness_ms, "future_tolerance_ms": settings.future_tolerance_ms}
+    # anomaly rules after derivation; transitions are published before a batch is acked (worker/alerts.py)
+    alerts = (
+        build_alerts(app, settings, bootstrap, db, registry, pseudonyms, Encoder(schemas))
+        if settings.alerts_enabled
+        else None
+    )
+
+    def detect_meters(derive: Derive | None) -> Derive | None:
+        return alerts.meters(derive) if alerts is not None else derive
+
+    out = {"alerts": alerts.publisher, "on_durable": alerts.tracker.persist} if alerts is not None else {}
     runners = {
         "registry.devices": BatchRunner(
             "registry.devices", RegistryProcessor(decoder, registry, pseudonyms), sink, deadletters, metrics
@@ -202,21 +214,33 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
                 ReadingValidator(catalogue, **lateness),
                 registry,
                 DuplicateFilter(settings.duplicate_cache_rows),
-                compose(
-                    IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None,
-                    FuelDeriver(catalogue, registry, fuel_fetch(db)) if settings.derive_fuel else None,
+                detect_meters(
+                    compose(
+                        IntervalDeriver(catalogue, registry, clickhouse_fetch(db))
+                        if settings.derive_intervals
+                        else None,
+                        FuelDeriver(catalogue, registry, fuel_fetch(db)) if settings.derive_fuel else None,
+                    )
                 ),
             ),
             sink,
             deadletters,
             metrics,
+            **out,
         ),
         "sim.usage": BatchRunner(
             "sim.usage",
-            SimUsageProcessor(decoder, SimUsageValidator(**lateness), registry, pseudonyms),
+            SimUsageProcessor(
+                decoder,
+                SimUsageValidator(**lateness),
+                registry,
+                pseudonyms,
+                alerts.sims() if alerts is not None else None,
+            ),
             sink,
             deadletters,
             metrics,
+            **out,
         ),
     }
     # meter.frames: DLMS keys from the settings, replay counters in the dlms_replay table (see worker/frames.py)
@@ -228,9 +252,11 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
         DuplicateFilter(settings.duplicate_cache_rows),
         replay_counters_table(app, settings.topic_partitions),
         max_wait_ms=settings.dlms_max_wait_ms,
-        derive=IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None,
+        derive=detect_meters(
+            IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None
+        ),
     )
-    runners["meter.frames"] = FramesRunner("meter.frames", frames, sink, deadletters, metrics)
+    runners["meter.frames"] = FramesRunner("meter.frames", frames, sink, deadletters, metrics, **out)
     install_expiry_timer(app, frames, deadletters, sink, settings.dlms_max_wait_ms)
 
     # High-volume topics bypass Faust's per-event Stream path: whole fetched batches, bulk acks

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline.envelope import RawMessage, Reason, Rejected
-from pipeline.errors import StorageError
+from pipeline.errors import PROCESSING_FAILURES, StorageError
 from pipeline.metrics import Metrics
 from pipeline.sinks import ClickHouseSink, DeadLetterSink
 from pipeline.sinks.alerts import AlertPublisher, transitions_of
@@ -65,7 +65,7 @@ class BatchRunner:
         now_ms = int(self._clock() * 1000)
         try:
             return self._process(messages, now_ms)
-        except Exception:
+        except PROCESSING_FAILURES:
             log.exception(
                 "batch of %d %s messages failed; isolating the offending message(s)", len(messages), self.name
             )
@@ -73,7 +73,7 @@ class BatchRunner:
         for msg in messages:  # one at a time, so one poison message cannot hold back the others
             try:
                 one = self._process([msg], now_ms)
-            except Exception as exc:  # a bug: keep the message on the dead-letter topic for replay
+            except PROCESSING_FAILURES as exc:  # a bug: keep the message on the dead-letter topic for replay
                 log.exception("message %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
                 merged.rejects.append(Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:500], msg))
                 continue

@@ -1,0 +1,104 @@
+"""Reporting rules: ``gap`` (no reading for too long) and ``clock_invalid`` (device clock not trusted).
+
+``gap`` is detected in event time when the device's next reading arrives after the hole:
+the hole (prev, next) is longer than ``period_factor`` × the expected period, which is the
+registry's ``expected_period_s`` of the device (else the policy's ``default_period_s``) or
+its gateway's, if longer: readings arrive in the gateway's uploads, so a 5-min meter behind
+a 15-min gateway is heard from every 15 min, and one upload delivered late is not a gap.
+It emits two firing rows, at the first and the last missed reading (prev + period and
+next − period, device period), so the episode's first_seen/last_seen span the gap, and a
+non-firing row at every reading, so the alert clears ``clear_after`` readings after the
+device resumed. The message carries ``gap_start=<last reading before> gap_end=<resumed
+reading>`` (ISO UTC) for gap attribution. Readings older than the device's newest are
+ignored (late data filling a hole afterwards changes nothing).
+
+``clock_invalid`` is an event rule: one firing row per reading whose flags carry the DLMS
+clock status bits (CLOCK_INVALID, CLOCK_DOUBTFUL) or whose time is more than
+``future_tolerance_s`` ahead of the batch's wall clock.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.anomaly.catalogue import RULES
+from pipeline.anomaly.inputs import Context, MeterBatch
+from pipeline.anomaly.meter_state import DEVICE, DeviceAttrs, SeriesLast, finish, iso_expr, with_params
+from pipeline.anomaly.model import Severity
+from pipeline.flags import Flag
+from pipeline.tenancy.registry import Registration
+
+__all__ = ["ClockInvalid", "Gap"]
+
+_CLOCK_BITS = int(Flag.CLOCK_INVALID | Flag.CLOCK_DOUBTFUL)
+
+
+def _c(name: str) -> pl.Expr:
+    return pl.col(name)
+
+
+def _upload_period(reg: Registration, ctx: Context) -> float | None:
+    gw = ctx.registry.get(reg.gateway_id) if reg.gateway_id else None
+    return float(gw.expected_period_s) if gw is not None and gw.expected_period_s else None
+
+
+class Gap:
+    def __init__(self) -> None:
+        self.spec = RULES["gap"]
+        self._last = SeriesLast(["device_id"])
+        self._attrs = DeviceAttrs({"own": (pl.Float64(), lambda r, _: r.expected_period_s),
+                                   "upload": (pl.Float64(), _upload_period)})  # fmt: skip
+
+    def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
+        times = batch.readings.select(*DEVICE, "ts_ms").unique(["device_id", "ts_ms"], keep="any")
+        if times.is_empty():
+            return finish(times, self.spec.id)
+        pairs = self._last.step(times).rename({"prev_ts": "prev"})
+        pairs = with_params(ctx, self.spec.id, pairs, ["period_factor", "default_period_s"])
+        if pairs.is_empty():
+            return finish(pairs, self.spec.id)
+        reg = self._attrs(ctx, pairs["device_id"])
+        own = pl.coalesce("own", "default_period_s")
+        limit = _c("period_factor") * pl.max_horizontal(own, "upload") * 1000
+        pairs = pairs.join(reg, on="device_id", how="left").with_columns(
+            period=(own * 1000).cast(pl.Int64), hole=_c("ts_ms") - _c("prev"), limit=limit.cast(pl.Int64)
+        )
+        rows = pairs.select(*DEVICE, "ts_ms", "prev", "period", "hole", severity=pl.lit(int(Severity.WARNING)),
+                            observed=(_c("hole") / 1000).fill_null(0.0), threshold=_c("limit") / 1000,
+                            gap=(_c("prev").is_not_null() & (_c("hole") > _c("limit"))))  # fmt: skip
+        gaps = rows.filter(_c("gap")).rechunk().with_columns(
+            firing=pl.lit(True), resumed=_c("ts_ms"),
+            message=pl.format("no reading for {} h (> {} min): gap_start={} gap_end={}",
+                              (_c("hole") / 3_600_000).round(2), (_c("threshold") / 60).round(1), iso_expr("prev"),
+                              iso_expr("ts_ms")),
+        )  # fmt: skip
+        first = gaps.with_columns(ts_ms=_c("prev") + _c("period"))
+        last = gaps.filter(_c("hole") > 2 * _c("period")).with_columns(ts_ms=_c("resumed") - _c("period"))
+        ok = rows.with_columns(firing=pl.lit(False), message=pl.lit(""))
+        return finish(pl.concat([first, last, ok], how="diagonal_relaxed"), self.spec.id)
+
+
+class ClockInvalid:
+    def __init__(self) -> None:
+        self.spec = RULES["clock_invalid"]
+
+    def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
+        r = batch.readings
+        bad = r.filter(((_c("flags") & _CLOCK_BITS) != 0) | (_c("ts_ms") > ctx.now_ms))
+        if bad.is_empty():
+            return finish(bad.select(*DEVICE, "ts_ms"), self.spec.id)
+        bad = with_params(ctx, self.spec.id, bad.select(*DEVICE, "ts_ms", "flags"), ["future_tolerance_s"])
+        ahead = (_c("ts_ms") - ctx.now_ms) / 1000
+        status = _c("flags") & _CLOCK_BITS
+        rows = (bad.group_by(*DEVICE, "ts_ms").agg(status=status.max(), tol=_c("future_tolerance_s").first())
+                .with_columns(ahead=ahead)
+                .filter((_c("status") != 0) | (_c("ahead") > _c("tol"))))  # fmt: skip
+        what = (pl.when(_c("status") & int(Flag.CLOCK_INVALID) != 0).then(pl.lit("clock status invalid"))
+                .when(_c("status") != 0).then(pl.lit("clock status doubtful"))
+                .otherwise(pl.format("timestamp {} s in the future", _c("ahead").round(0))))  # fmt: skip
+        out = rows.rechunk().select(*DEVICE, "ts_ms", firing=pl.lit(True), severity=pl.lit(int(Severity.WARNING)),
+                          observed=pl.when(_c("status") != 0).then(_c("status").cast(pl.Float64))
+                          .otherwise(_c("ahead")),
+                          threshold=pl.when(_c("status") != 0).then(pl.lit(0.0)).otherwise(_c("tol").cast(pl.Float64)),
+                          message=pl.format("{} at {}", what, iso_expr("ts_ms")))  # fmt: skip
+        return finish(out, self.spec.id)
