@@ -20,7 +20,7 @@ __all__ = ["Episode", "Expected", "RuleScore", "expected_alerts", "score"]
 
 HOUR = 3_600_000
 # ground-truth fault kind -> rule that should detect it (rollover: counted as consumption, no alert)
-FAULT_RULE = {"spike": "spike", "flatline": "flatline", "gap": "gap", "sim_offline": "gap",
+FAULT_RULE = {"spike": "spike", "flatline": "flatline", "gap": "gap",
               "voltage_out_of_band": "voltage_out_of_band", "low_power_factor": "low_power_factor",
               "fuel_drop": "fuel_drop", "reset": "negative_delta", "sim_data_spike": "sim_data_spike",
               "sim_sms_flood": "sim_sms_flood", "sim_imei_change": "sim_imei_change",
@@ -71,27 +71,26 @@ class RuleScore:
                 "cause_correct": self.cause_correct}  # fmt: skip
 
 
-def expected_alerts(
-    faults: Iterable[Mapping[str, Any]],
-    sim_subject: Callable[[str, str], str],
-    site_devices: Mapping[str, list[str]],
-) -> list[Expected]:
+def expected_alerts(faults: Iterable[Mapping[str, Any]], sim_subject: Callable[[str, str], str]) -> list[Expected]:
     """What the rules should raise for the ground truth's faults.
 
-    ``sim_subject(tenant, iccid)`` is the SIM's pseudonym (the alert subject); ``site_devices``
-    maps an ICCID to the registered devices behind it (silent while that SIM is offline).
+    ``sim_subject(tenant, iccid)`` is the SIM's pseudonym (the alert subject). The truth lists
+    one ``gap`` per silent device with its cause in the detail (``cause=device`` for a silent
+    meter, ``cause=connectivity`` for every device behind an offline SIM); ``sim_offline``
+    itself is the SIM side of the latter and no alert of its own.
     """
     out = []
     for f in faults:
         rule = FAULT_RULE.get(f["kind"])
         if rule is None:
             continue
-        if f["kind"] == "sim_offline":
-            out += [Expected("gap", d, f["ts"], f["end_ts"], "connectivity") for d in site_devices.get(f["iccid"], [])]
-        elif RULES[rule].subject_type == "sim":
+        if RULES[rule].subject_type == "sim":
             out.append(Expected(rule, sim_subject(f["tenant_id"], f["iccid"]), f["ts"], f["end_ts"]))
+        elif rule == "gap":
+            cause = "connectivity" if "cause=connectivity" in str(f.get("detail")) else "device"
+            out.append(Expected(rule, f["device_id"], f["ts"], f["end_ts"], cause))
         else:
-            out.append(Expected(rule, f["device_id"], f["ts"], f["end_ts"], "device" if rule == "gap" else ""))
+            out.append(Expected(rule, f["device_id"], f["ts"], f["end_ts"]))
     return out
 
 

@@ -73,17 +73,23 @@ def test_scores_per_rule() -> None:
         {"kind": "spike", "device_id": "a", "tenant_id": "t", "iccid": None, "ts": 10 * HOUR, "end_ts": 10 * HOUR},
         {"kind": "spike", "device_id": "b", "tenant_id": "t", "iccid": None, "ts": 10 * HOUR, "end_ts": 10 * HOUR},
         {"kind": "sim_offline", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": HOUR, "end_ts": 3 * HOUR},
+        {"kind": "gap", "device_id": "m1", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": 3 * HOUR,
+         "detail": "no readings for 2 h, cause=connectivity"},
+        {"kind": "gap", "device_id": "m2", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": 3 * HOUR,
+         "detail": "no readings for 2 h, cause=device"},
         {"kind": "rollover", "device_id": "c", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": HOUR},
         {"kind": "sim_roaming", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": HOUR, "end_ts": 4 * HOUR},
     ]
-    expected = expected_alerts(faults, lambda t, i: f"p({i})", {"I1": ["m1", "m2"]})
-    assert Expected("gap", "m2", HOUR, 3 * HOUR, "connectivity") in expected
+    expected = expected_alerts(faults, lambda t, i: f"p({i})")
+    assert Expected("gap", "m1", HOUR, 3 * HOUR, "connectivity") in expected
+    assert Expected("gap", "m2", HOUR, 3 * HOUR, "device") in expected
+    assert sum(x.rule == "gap" for x in expected) == 2  # sim_offline is the SIM side of m1's gap, not another
     assert Expected("sim_roaming", "p(I1)", HOUR, 4 * HOUR) in expected
     episodes = [
         Episode("spike", "a", 10 * HOUR + 900_000, 10 * HOUR + 900_000),  # within the hour of tolerance
         Episode("spike", "a", 20 * HOUR, 20 * HOUR),  # a false one
         Episode("gap", "m1", HOUR, HOUR, "connectivity"),
-        Episode("gap", "m2", 2 * HOUR, 2 * HOUR, "device"),  # detected, wrong cause
+        Episode("gap", "m2", 2 * HOUR, 2 * HOUR, "connectivity"),  # detected, wrong cause
         Episode("negative_delta", "c", HOUR, HOUR),  # a rollover must not alert
     ]
     s = score(episodes, expected)
