@@ -19,12 +19,23 @@ from rich.console import Console
 from pipeline.anomaly.quality import Episode, expected_alerts, score
 from pipeline.broker import embedded_broker, ensure_topics
 from pipeline.broker.embedded import free_port
+from pipeline.codecs import Decoder, Encoder, SchemaStore
 from pipeline.demo import _start_worker, _table, _wait
 from pipeline.settings import Settings
 from pipeline.simulate.config import REGISTRY_TOPIC, SIM_USAGE_TOPIC
 from pipeline.tenancy import Pseudonymizer
 
 __all__ = ["run_evaluation"]
+
+
+def _gateways(registrations: list[Any]) -> dict[str, str]:
+    decode = Decoder(SchemaStore.load())
+    out = {}
+    for m in registrations:
+        _, r = decode(m.value)
+        if r.get("gateway_id"):
+            out[r["subject_id"]] = r["gateway_id"]
+    return out
 
 
 def _episodes(client: Any) -> list[Episode]:
@@ -37,7 +48,6 @@ def _episodes(client: Any) -> list[Episode]:
 
 def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_tenant: int, days: float,
                    console: Console, out: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    from pipeline.codecs import Encoder, SchemaStore
     from pipeline.simulate import SimConfig, build_scenario, produce
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,11 +95,27 @@ def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_ten
         "rules": [s.as_dict() for s in scores.values() if s.injected or s.episodes],
         "missed": [vars(x) if hasattr(x, "__dict__") else x.__repr__() for s in scores.values() for x in s.missed],
         "false_positives": [repr(e) for s in scores.values() for e in s.false][:200],
+        "false_positives_near": _near(
+            scenario.truth.faults, [e for s in scores.values() for e in s.false], _gateways(scenario.registrations)
+        ),
     }
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
+
+
+def _near(faults: list[dict[str, Any]], false: list[Episode], gateways: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per rule, the other ground-truth events (e.g. ``late`` uploads of the device's gateway) within an
+    hour of its false episodes: what the rule reacted to."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e in false:
+        who = {e.subject_id, gateways.get(e.subject_id, "")}
+        kinds = {f["kind"] for f in faults if f.get("device_id") in who
+                 and f["ts"] - 3_600_000 <= e.last_seen and e.first_seen <= f["end_ts"] + 3_600_000}  # fmt: skip
+        for k in kinds or {"(none)"}:
+            out[e.rule][k] += 1
+    return {r: dict(v) for r, v in out.items()}
 
 
 def _fmt(v: float | None) -> str:
