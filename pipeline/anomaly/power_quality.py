@@ -81,21 +81,25 @@ class _Windowed:
         return with_params(ctx, self.rule, means, params)
 
 
-class VoltageOutOfBand(_Windowed):
+class _Banded(_Windowed):
+    """Windows of the rule's ``window_minutes`` (the voltage and frequency bands)."""
+
+    width_params = ("window_minutes",)
+
+    def _width(self) -> pl.Expr:
+        return (_c("window_minutes") * 60_000).cast(pl.Int64)
+
+
+class VoltageOutOfBand(_Banded):
     """10-min mean phase voltage outside ±10 % of nominal (warning); below −15 % or above +10 % critical."""
 
     rule = "voltage_out_of_band"
     quantities = PHASES
     _params = ("window_minutes", "nominal_v", "warning_low", "warning_high", "critical_low", "critical_high")
 
-    width_params = ("window_minutes",)
-
     def __init__(self) -> None:
         super().__init__()
         self._attrs = DeviceAttrs({"reg_nominal": (pl.Float64(), field("nominal_voltage"))})
-
-    def _width(self) -> pl.Expr:
-        return (_c("window_minutes") * 60_000).cast(pl.Int64)
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
         w = self._window_means(batch, ctx, self._params)
@@ -121,7 +125,7 @@ class VoltageOutOfBand(_Windowed):
         return finish(merge_per_ts(rows), self.rule)
 
 
-class FrequencyOutOfBand(_Windowed):
+class FrequencyOutOfBand(_Banded):
     """10-min mean frequency outside 49.5–50.5 Hz (warning) or 47–52 Hz (critical), shifted for 60 Hz sites."""
 
     rule = "frequency_out_of_band"
@@ -129,14 +133,9 @@ class FrequencyOutOfBand(_Windowed):
     _bands = ("warning_low_hz", "warning_high_hz", "critical_low_hz", "critical_high_hz")
     _params = ("window_minutes", *_bands)
 
-    width_params = ("window_minutes",)
-
     def __init__(self) -> None:
         super().__init__()
         self._attrs = DeviceAttrs({"nom": (pl.Float64(), field("nominal_frequency"))})
-
-    def _width(self) -> pl.Expr:
-        return (_c("window_minutes") * 60_000).cast(pl.Int64)
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
         w = self._window_means(batch, ctx, self._params)
