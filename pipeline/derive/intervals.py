@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.derive.pairs import dedup_readings, readings_frame, spread_pro_rata, sum_canonically
+from pipeline.derive.pairs import ENGINE, dedup_points, readings_frame, same_as_previous, spread_pro_rata, sum_in_order
 from pipeline.derive.registers import Replacement
 from pipeline.flags import Flag
 
@@ -83,14 +83,18 @@ def _replacement_deltas(pairs: pl.LazyFrame, repl: pl.LazyFrame, keys: list[str]
 
 def _classify(pairs: pl.LazyFrame, rules: IntervalRules) -> pl.LazyFrame:
     ceil, v0, v1 = _c("ceiling"), _c("v0"), _c("v1")
-    dt_s = (_c("t1") - _c("t0")) / 1000.0
-    pairs = pairs.with_columns(cap=_c("max_rate_per_s") * dt_s, _raw=v1 - v0, _roll_d=ceil - v0 + v1,
-                               _repl_p=_c("_repl").is_not_null())  # fmt: skip
-    cap, raw, repl = _c("cap"), _c("_raw"), _c("_repl_p")
+    # No quotients here: polars divides by a constant divisor as a product with its reciprocal,
+    # except when the frame has a single row, so a quotient's last bit would depend on the batch.
+    # Times stay in ms and caps are compared ×1000 (``_cap_ms``); products round the same everywhere.
+    dt_ms = (_c("t1") - _c("t0")).cast(pl.Float64)
+    pairs = pairs.with_columns(_cap_ms=_c("max_rate_per_s") * dt_ms, _raw=v1 - v0, _roll_d=ceil - v0 + v1,
+                               _repl_p=_c("_repl").is_not_null()).with_columns(cap=_c("_cap_ms") * 0.001)  # fmt: skip
+    cap_ms, raw, repl = _c("_cap_ms"), _c("_raw"), _c("_repl_p")
     pairs = pairs.with_columns(
         rollover=(~repl & (raw < 0) & ceil.is_not_null() & (v0 >= rules.rollover_hi * ceil)
-                  & (v1 <= rules.rollover_lo * ceil) & (cap.is_null() | (_c("_roll_d") <= cap))).fill_null(False),
-        gap=(_c("expected_period_s").is_not_null() & (dt_s > rules.gap_factor * _c("expected_period_s"))
+                  & (v1 <= rules.rollover_lo * ceil) & (cap_ms.is_null() | (_c("_roll_d") * 1000.0 <= cap_ms))
+                  ).fill_null(False),
+        gap=(_c("expected_period_s").is_not_null() & (dt_ms > rules.gap_factor * 1000.0 * _c("expected_period_s"))
              ).fill_null(False),
     ).with_columns(reset=~repl & (raw < 0) & ~_c("rollover"))  # fmt: skip
     after_reset = v1 if rules.reset_counts_value else pl.lit(0.0)
@@ -102,7 +106,7 @@ def _classify(pairs: pl.LazyFrame, rules: IntervalRules) -> pl.LazyFrame:
         .when(_c("reset"))
         .then(after_reset)
         .otherwise(raw)
-    ).with_columns(_over=(cap.is_not_null() & (_c("delta") > cap)).fill_null(False))
+    ).with_columns(_over=(cap_ms.is_not_null() & (_c("delta") * 1000.0 > cap_ms)).fill_null(False))
     pairs = pairs.with_columns(implausible_jump=_c("_over") & ~_c("reset"), replacement=repl,
                                counted=pl.when(_c("_over")).then(0.0).otherwise(_c("delta")))  # fmt: skip
     bits = [(Flag.ROLLOVER, "rollover"), (Flag.RESET, "reset"), (Flag.RESET, "replacement"),
@@ -121,6 +125,7 @@ def compute_intervals_many(
     replacements: pl.DataFrame | None = None,
     ranges: pl.DataFrame | None = None,
     rules: IntervalRules = IntervalRules(),
+    seeds: pl.DataFrame | None = None,
 ) -> IntervalResult:
     """Intervals of many series at once.
 
@@ -130,44 +135,69 @@ def compute_intervals_many(
     ``at_ms``, ``old_final``, ``new_first``. ``ranges``: keys + ``start_ms``, ``end_ms``: only
     intervals starting in [start_ms, end_ms) and events with ts in it are returned (and only
     for series listed). Intervals cover floor(first ts) … floor(last ts) of each series.
+
+    An interval's sums add its contributions in time order (pairs by end time), so they can be
+    continued: ``seeds`` (keys + ``interval_start_ms``, ``measured``, ``estimated``, ``flags``,
+    ``n_readings``) are running totals of readings *not* given, added first to their interval.
+    Intervals of the given readings plus a seed equal those of all readings bit for bit when the
+    seed holds every contribution ending at or before the series' first given reading except
+    that reading's own count (what the stream's in-order path passes, see
+    :mod:`pipeline.worker.derive`).
     """
     keys = list(keys)
     ims = rules.interval_s * 1000
     seq = ["seq"] if "seq" in readings.columns else []
-    points, conflicts = dedup_readings(readings.lazy(), keys, seq)
+    points, conflicts = dedup_points(readings, keys, seq)  # points sorted by keys, ts
     if params is None:
         params = pl.DataFrame(schema={**{k: readings.schema[k] for k in keys}, "ceiling": pl.Float64,
                                       "max_rate_per_s": pl.Float64, "expected_period_s": pl.Float64})  # fmt: skip
-    pairs = (points.with_columns(t0=_c("ts_ms").shift(1).over(keys), v0=_c("value").shift(1).over(keys))
+    same = same_as_previous(keys)
+    pairs = (points.lazy().with_columns(t0=pl.when(same).then(_c("ts_ms").shift(1)),
+                                        v0=pl.when(same).then(_c("value").shift(1)))
              .filter(_c("t0").is_not_null()).rename({"ts_ms": "t1", "value": "v1"})
              .join(params.lazy().select(*keys, *(_c(c).cast(pl.Float64) for c in ("ceiling", "max_rate_per_s",
                                                                             "expected_period_s"))),
-                   on=keys, how="left"))  # fmt: skip
+                   on=keys, how="left", maintain_order="left"))  # fmt: skip
     if replacements is not None and not replacements.is_empty():
-        pairs = pairs.join(_replacement_deltas(pairs, replacements.lazy(), keys), on=[*keys, "t1"], how="left")
+        pairs = pairs.join(_replacement_deltas(pairs, replacements.lazy(), keys), on=[*keys, "t1"], how="left",
+                           maintain_order="left")  # fmt: skip
     else:
         pairs = pairs.with_columns(_repl=pl.lit(None, dtype=pl.Float64))
-    pairs = _classify(pairs, rules)
-    spread, share = spread_pro_rata(pairs, ims)
-    spread = spread.select(*keys, "_s", measured=pl.when(_c("gap")).then(0.0).otherwise(_c("counted")) * share,
-                           estimated=pl.when(_c("gap")).then(_c("counted")).otherwise(0.0) * share,
-                           flags=_c("flags"), n=pl.lit(0, dtype=pl.UInt32))  # fmt: skip
-    conflict_ts = conflicts.select(*keys, "ts_ms", _cf=pl.lit(int(Flag.CONFLICT), dtype=pl.UInt32))
-    at_points = (points.join(conflict_ts, on=[*keys, "ts_ms"], how="left")
-                 .select(*keys, _s=_c("ts_ms") // ims * ims, measured=pl.lit(0.0), estimated=pl.lit(0.0),
-                         flags=_c("_cf").fill_null(0), n=pl.lit(1, dtype=pl.UInt32)))  # fmt: skip
-    contrib, events = pl.collect_all([pl.concat([spread, at_points]), _events(pairs, conflicts, keys)])
-    intervals = sum_canonically(contrib, [*keys, "_s"], ["measured", "estimated"], flags=True).rename(
-        {"_s": "interval_start_ms"}
-    )
+    pairs = _classify(pairs, rules).collect(engine=ENGINE)  # in (keys, t1) order; used twice below: computed once
+    spread, share = spread_pro_rata(pairs.lazy(), ims)
+    contrib = [spread.select(*keys, "_s",
+                             measured=pl.when(_c("gap")).then(0.0).otherwise(_c("counted")) * share,
+                             estimated=pl.when(_c("gap")).then(_c("counted")).otherwise(0.0) * share,
+                             flags=_c("flags"), n=pl.lit(0, dtype=pl.UInt32))]  # fmt: skip
+    if seeds is not None and not seeds.is_empty():  # running totals: the first contribution of their interval
+        totals = [_c("measured").cast(pl.Float64), _c("estimated").cast(pl.Float64), _c("flags").cast(pl.UInt32)]
+        contrib.insert(0, seeds.lazy().select(*keys, _c("interval_start_ms").cast(pl.Int64).alias("_s"), *totals,
+                                              _c("n_readings").cast(pl.UInt32).alias("n")))  # fmt: skip
+    # within an interval: the seed, then the pairs by end time (the rows' order: pairs sorted, explode keeps it)
+    sums = sum_in_order(pl.concat(contrib), [*keys, "_s"], ["measured", "estimated"])
+    interval = {"_s": _c("ts_ms") // ims * ims}
+    counts = points.lazy().group_by(*keys, **interval).agg(n=pl.len().cast(pl.UInt32), _cf=pl.lit(0, pl.UInt32))
+    if not conflicts.is_empty():
+        flagged = conflicts.lazy().select(*keys, **interval, _f=pl.lit(int(Flag.CONFLICT), pl.UInt32)).unique()
+        counts = (counts.join(flagged, on=[*keys, "_s"], how="left")
+                  .with_columns(_cf=_c("_cf") | _c("_f").fill_null(0)).drop("_f"))  # fmt: skip
+    intervals = (sums.lazy().join(counts, on=[*keys, "_s"], how="full", coalesce=True)
+                 .select(*keys, interval_start_ms="_s", measured=_c("measured").fill_null(0.0),
+                         estimated=_c("estimated").fill_null(0.0),
+                         flags=_c("flags").fill_null(0) | _c("_cf").fill_null(0),
+                         n_readings=_c("n_readings").fill_null(0) + _c("n").fill_null(0)))  # fmt: skip
+    events = _events(pairs.lazy(), conflicts.lazy(), keys)
     if ranges is not None:
-        rng = ranges.select(*keys, _c("start_ms").cast(pl.Int64), _c("end_ms").cast(pl.Int64))
-        inside = (pl.col("_t") >= _c("start_ms")) & (pl.col("_t") < _c("end_ms"))
-        intervals = (intervals.join(rng, on=keys).with_columns(_t=_c("interval_start_ms")).filter(inside)
-                     .drop("_t", "start_ms", "end_ms").sort([*keys, "interval_start_ms"]))  # fmt: skip
-        events = (events.join(rng, on=keys).with_columns(_t=_c("ts_ms")).filter(inside)
-                  .drop("_t", "start_ms", "end_ms").sort([*keys, "ts_ms", "kind"]))  # fmt: skip
+        rng = ranges.lazy().select(*keys, _c("start_ms").cast(pl.Int64), _c("end_ms").cast(pl.Int64))
+        intervals = _inside(intervals.join(rng, on=keys), "interval_start_ms")
+        events = _inside(events.join(rng, on=keys), "ts_ms")
+    intervals, events = pl.collect_all([intervals.sort([*keys, "interval_start_ms"]),
+                                        events.sort([*keys, "ts_ms", "kind"])], engine=ENGINE)  # fmt: skip
     return IntervalResult(intervals, events)
+
+
+def _inside(frame: pl.LazyFrame, ts: str) -> pl.LazyFrame:
+    return frame.filter((_c(ts) >= _c("start_ms")) & (_c(ts) < _c("end_ms"))).drop("start_ms", "end_ms")
 
 
 def _events(pairs: pl.LazyFrame, conflicts: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:

@@ -83,6 +83,18 @@ class Database:
     def close(self) -> None:
         self.client.close()
 
+    def reader(self) -> Database:
+        """A second connection with its own lock, for reads that must not queue behind this one's inserts.
+
+        chDB hosts one engine per process but allows several handles to it, and statements on
+        different handles run concurrently (a read sees the parts committed when it starts); a
+        server gets a second HTTP client. Falls back to this connection if no second one opens.
+        """
+        try:
+            return connect(self.target, create_database=False)
+        except StorageError:
+            return self
+
 
 def connect(target: ClickHouseTarget, *, create_database: bool = True) -> Database:
     """Connect; raise StorageError with a clear message (e.g. a chDB path locked by a running worker)."""

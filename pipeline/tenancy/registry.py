@@ -74,6 +74,16 @@ class Registry:
         self._decode = decode
         self._write = write
         self._cache: dict[str, Registration | None] = {}
+        self._changes: list[str] = []  # subjects in the order they were put, deleted or updated
+
+    @property
+    def version(self) -> int:
+        """The number of changes so far (put, delete, applied update): a cursor for :meth:`changed_since`."""
+        return len(self._changes)
+
+    def changed_since(self, version: int) -> list[str]:
+        """Subjects changed after :attr:`version` was ``version`` (for caches of facts derived from them)."""
+        return self._changes[version:]
 
     def __len__(self) -> int:
         return len(self._store)
@@ -84,6 +94,7 @@ class Registry:
         if self._write is not None:
             self._write(reg.subject_id, raw if raw is not None else json.dumps(record).encode(), partition)
         self._cache[reg.subject_id] = reg
+        self._changes.append(reg.subject_id)
         return reg
 
     def delete(self, subject_id: str, partition: int = 0) -> Registration | None:
@@ -92,10 +103,12 @@ class Registry:
         if self._write is not None:
             self._write(subject_id, None, partition)
         self._cache[subject_id] = None
+        self._changes.append(subject_id)
         return previous
 
     def apply(self, subject_id: str, raw: bytes | None) -> None:
         """A table update arrived (recovery or another worker): refresh the cache entry."""
+        self._changes.append(subject_id)
         if raw is None:
             self._cache[subject_id] = None
             return

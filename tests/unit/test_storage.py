@@ -121,3 +121,15 @@ def test_a_permanent_error_is_raised_not_retried(database: Database) -> None:
     with pytest.raises(StorageError) as info:
         asyncio.run(sink.flush())
     assert info.value.retry_after is None and info.value.code == 60
+
+
+def test_a_reader_connection_reads_while_the_writer_holds_its_lock(database: Database) -> None:
+    sink = ClickHouseSink(database, max_rows=1000)
+    sink.add("readings_store", "t", 0, _readings([("m4", "frequency", 5_000, 50.0, 1)]))
+    asyncio.run(sink.flush())
+    reader = database.reader()
+    assert reader is not database and reader.lock is not database.lock
+    sql = f"SELECT count() FROM {database.table('readings_store')} FINAL WHERE device_id = 'm4'"
+    with database.lock:  # an insert in progress holds this: the reader does not wait for it
+        assert reader.query_arrow(sql).column(0).to_pylist() == [1]
+    reader.close()
