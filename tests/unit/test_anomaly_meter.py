@@ -172,6 +172,18 @@ def test_spike() -> None:
     assert ev.filter(pl.col("ts_ms") < MON + 86_400_000).is_empty()  # under min_history: not evaluated
 
 
+def test_spike_needs_a_reference_of_the_same_day_type() -> None:
+    """Monday against a weekend-only history is not evaluated; with a Friday in the window it fires."""
+    at = MON + 12 * HOUR + 10 * MIN
+    reg = registry({"subject_id": "m", "kind": "electricity_meter"})
+    for days_before, evaluated_monday in ((2, False), (3, True)):
+        ts, vals = _register(MON - days_before * 86_400_000, days_before + 1, random.Random(5), at, 10.0)
+        ev = run(Spike(), [rows("m", "active_energy_import", ts, vals)], reg)
+        monday = ev.filter(pl.col("ts_ms") >= MON)
+        assert (monday.height > 90) is evaluated_monday, days_before
+        assert firing(ev, "m")["ts_ms"].to_list() == ([at // (15 * MIN) * (15 * MIN)] if evaluated_monday else [])
+
+
 def test_flatline() -> None:
     ts = every(MON, 40)
     rng = random.Random(3)
@@ -433,7 +445,7 @@ def _mixed_fleet() -> tuple[pl.DataFrame, Registry]:
     rng = random.Random(11)
     ts = every(MON, 288)
     frames: list[pl.DataFrame] = []
-    ts_e, vals = _register(MON - 86_400_000, 2, rng, MON + 18 * HOUR + 10 * MIN, 10.0)  # a day of history
+    ts_e, vals = _register(MON - 3 * 86_400_000, 4, rng, MON + 18 * HOUR + 10 * MIN, 10.0)  # from Friday
     frames.append(rows("m1", "active_energy_import", ts_e, vals))
     frames.append(rows("m1", "active_power", ts, [500 + rng.uniform(-50, 50) for _ in ts]))
     frames += [
