@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+CHANGE_LOG_LIMIT = 100_000  # registry changes kept for changed_since (2x at most before trimming)
+
 
 @dataclass(frozen=True, slots=True)
 class Registration:
@@ -74,16 +76,30 @@ class Registry:
         self._decode = decode
         self._write = write
         self._cache: dict[str, Registration | None] = {}
-        self._changes: list[str] = []  # subjects in the order they were put, deleted or updated
+        self._changes: list[str] = []  # the latest subjects put, deleted or updated, oldest first
+        self._base = 0  # the version of _changes[0]: older entries were dropped
 
     @property
     def version(self) -> int:
         """The number of changes so far (put, delete, applied update): a cursor for :meth:`changed_since`."""
-        return len(self._changes)
+        return self._base + len(self._changes)
 
-    def changed_since(self, version: int) -> list[str]:
-        """Subjects changed after :attr:`version` was ``version`` (for caches of facts derived from them)."""
-        return self._changes[version:]
+    def changed_since(self, version: int) -> list[str] | None:
+        """Subjects changed after :attr:`version` was ``version`` (for caches of facts derived from them).
+
+        The log keeps the latest :data:`CHANGE_LOG_LIMIT` changes or more; ``None`` means the cursor is
+        older than that and a cache must treat every subject as changed.
+        """
+        if version < self._base:
+            return None
+        return self._changes[version - self._base :]
+
+    def _changed(self, subject_id: str) -> None:
+        self._changes.append(subject_id)
+        if len(self._changes) > 2 * CHANGE_LOG_LIMIT:
+            drop = len(self._changes) - CHANGE_LOG_LIMIT
+            del self._changes[:drop]
+            self._base += drop
 
     def __len__(self) -> int:
         return len(self._store)
@@ -94,7 +110,7 @@ class Registry:
         if self._write is not None:
             self._write(reg.subject_id, raw if raw is not None else json.dumps(record).encode(), partition)
         self._cache[reg.subject_id] = reg
-        self._changes.append(reg.subject_id)
+        self._changed(reg.subject_id)
         return reg
 
     def delete(self, subject_id: str, partition: int = 0) -> Registration | None:
@@ -103,12 +119,12 @@ class Registry:
         if self._write is not None:
             self._write(subject_id, None, partition)
         self._cache[subject_id] = None
-        self._changes.append(subject_id)
+        self._changed(subject_id)
         return previous
 
     def apply(self, subject_id: str, raw: bytes | None) -> None:
         """A table update arrived (recovery or another worker): refresh the cache entry."""
-        self._changes.append(subject_id)
+        self._changed(subject_id)
         if raw is None:
             self._cache[subject_id] = None
             return

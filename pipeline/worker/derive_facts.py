@@ -45,9 +45,13 @@ class DeriveFacts:
         The only per-device Python work is for new or changed devices: a batch of known ones
         costs one vectorised membership test.
         """
+        version = self._registry.version
         updated = self._registry.changed_since(self._version)
-        self._version += len(updated)
-        changed = [d for d in dict.fromkeys(updated) if d in self._seen]
+        if updated is None:  # fell behind the registry's change log: look every device up again
+            self._version, changed = version, list(self._seen)
+        else:
+            self._version += len(updated)
+            changed = [d for d in dict.fromkeys(updated) if d in self._seen]
         new = devices.to_frame("device_id").join(self._known.to_frame(), on="device_id", how="anti")
         unseen = new.get_column("device_id").unique().to_list()
         if unseen:

@@ -258,3 +258,27 @@ def test_registry_changes_reach_the_next_batch() -> None:
     last = second.filter(pl.col("start") == (t0 + 2 * PERIOD_MS) // 900_000 * 900_000)
     assert (last["flags"] & int(Flag.ESTIMATED) != 0).all() and last["estimated"].sum() > 0
     assert deriver.reads == 1 and deriver.series == 1
+
+
+def test_registry_change_log_is_bounded_and_a_lagging_cache_refreshes_everything(monkeypatch) -> None:
+    import pipeline.tenancy.registry as registry_module
+    from pipeline.catalogue import load_catalogue
+    from pipeline.worker.derive_facts import DeriveFacts
+
+    monkeypatch.setattr(registry_module, "CHANGE_LOG_LIMIT", 3)
+    reg = Registry()
+    facts = DeriveFacts(load_catalogue(), reg)
+    for d in ("a", "b"):
+        reg.put({"subject_id": d, "subject_type": "device", "kind": "electricity_meter", "tenant_id": "t",
+                 "site_id": "s1", "timezone": "UTC", "updated_at": 0})  # fmt: skip
+    facts.refresh(pl.Series(["a", "b"]))
+    assert reg.changed_since(0) == ["a", "b"]
+    for i in range(8):  # 8 more changes, all of b: the log keeps between 3 and 6 of them
+        reg.put({"subject_id": "b", "subject_type": "device", "kind": "electricity_meter", "tenant_id": "t",
+                 "site_id": f"s{i + 2}", "timezone": "UTC", "updated_at": i + 1})  # fmt: skip
+    assert reg.version == 10 and reg.changed_since(0) is None and reg.changed_since(9) == ["b"]
+    assert reg.changed_since(reg.version - 3) == ["b"] * 3
+    facts.refresh(pl.Series(["a"]))  # behind the log: every device is looked up again
+    sites = dict(facts.devices().collect().select("device_id", "site_id").iter_rows())
+    assert sites == {"a": "s1", "b": "s9"}
+    assert reg.changed_since(reg.version) == []
