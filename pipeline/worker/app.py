@@ -37,7 +37,6 @@ from pipeline.worker.frames import (
     replay_counters_table,
 )
 from pipeline.worker.fuel import FuelDeriver
-from pipeline.worker.fuel import clickhouse_fetch as fuel_fetch
 from pipeline.worker.processors import Derive, ReadingsProcessor, RegistryProcessor, SimUsageProcessor, compose
 from pipeline.worker.runner import BatchRunner
 
@@ -203,6 +202,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
         return alerts.meters(derive) if alerts is not None else derive
 
     out = {"alerts": alerts.publisher, "on_durable": alerts.tracker.persist} if alerts is not None else {}
+    stored = clickhouse_fetch(db)  # stored readings for intervals and fuel: one reader, both run in one thread
     runners = {
         "registry.devices": BatchRunner(
             "registry.devices", RegistryProcessor(decoder, registry, pseudonyms), sink, deadletters, metrics
@@ -216,10 +216,8 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
                 DuplicateFilter(settings.duplicate_cache_rows),
                 detect_meters(
                     compose(
-                        IntervalDeriver(catalogue, registry, clickhouse_fetch(db))
-                        if settings.derive_intervals
-                        else None,
-                        FuelDeriver(catalogue, registry, fuel_fetch(db)) if settings.derive_fuel else None,
+                        IntervalDeriver(catalogue, registry, stored) if settings.derive_intervals else None,
+                        FuelDeriver(catalogue, registry, stored) if settings.derive_fuel else None,
                     )
                 ),
             ),

@@ -22,30 +22,24 @@ generators' share of the readings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import polars as pl
 import pyarrow as pa
 
 from pipeline.catalogue import Catalogue
 from pipeline.derive import generator_intervals, local_fields, params_frame, register_params
 from pipeline.tenancy import Registry
+from pipeline.worker.derive_state import SERIES, Fetch
 
 LEVEL, STATE, RUNTIME = "fuel_level", "engine_state", "generator_runtime"
 CODES = (LEVEL, STATE, RUNTIME)
 DEV = ["tenant_id", "device_id"]
-_SAMPLES = {"tenant_id": pl.Utf8, "device_id": pl.Utf8, "quantity": pl.Utf8, "ts_ms": pl.Int64,
-            "value": pl.Float64, "seq": pl.Int64}  # fmt: skip
+_SAMPLES = SERIES  # what a Fetch returns: stored readings with their source offsets
 _TS = pa.timestamp("ms", tz="UTC")
 _LITRES = ("used_l", "refuel_l", "unexplained_drop_l", "runtime_s", "runtime_estimated_s")
 FUEL_INTERVALS = pa.schema([("tenant_id", pa.string()), ("site_id", pa.string()), ("device_id", pa.string()),
                             ("interval_start", _TS), ("local_day", pa.date32()),
                             *((n, pa.float64()) for n in _LITRES), ("n_readings", pa.uint32()),
                             ("computed_at", _TS)])  # fmt: skip
-
-# Fetch stored samples: (device ids, quantities, lower bound ms) → frame with the _SAMPLES columns
-Fetch = Callable[[list[str], list[str], int], pl.DataFrame]
 
 
 class FuelDeriver:
@@ -162,19 +156,3 @@ class FuelDeriver:
         return (frame.with_columns(pl.col("interval_start_ms").cast(dt).alias("interval_start"),
                                    pl.col("site_id").fill_null(""), pl.lit(now_ms).cast(dt).alias("computed_at"))
                 .select(FUEL_INTERVALS.names).to_arrow().cast(FUEL_INTERVALS))  # fmt: skip
-
-
-def clickhouse_fetch(db: Any) -> Fetch:
-    """Stored samples of the given devices/quantities since ``since_ms`` (current values, FINAL)."""
-
-    def fetch(devices: list[str], quantities: list[str], since_ms: int) -> pl.DataFrame:
-        table = db.query_arrow(
-            f"SELECT tenant_id, device_id, quantity, toUnixTimestamp64Milli(ts) AS ts_ms, value, "
-            f"toInt64(src_offset) AS seq FROM {db.table('readings_store')} FINAL "
-            "WHERE device_id IN {d:Array(String)} AND quantity IN {q:Array(String)} "
-            "AND ts >= fromUnixTimestamp64Milli({s:Int64})",
-            parameters={"d": devices, "q": quantities, "s": since_ms},
-        )
-        return pl.from_arrow(table) if table.num_rows else pl.DataFrame(schema=_SAMPLES)  # type: ignore[return-value]
-
-    return fetch
