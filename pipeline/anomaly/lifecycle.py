@@ -121,18 +121,31 @@ class AlertTracker:
         with self._lock:
             out: list[Transition] = []
             if evals.height:
-                key = pl.concat_str(["tenant_id", "subject_id", "rule"], separator="|")
-                evals = evals.with_columns(key.alias("_key"))
-                # keys with a firing evaluation in this batch or an open episode; the rest are no-ops
-                relevant = evals.filter(
-                    pl.col("firing").any().over("_key") | pl.col("_key").is_in(list(self._open_keys()))
-                )
-                for row in relevant.sort(["_key", "ts_ms"]).iter_rows(named=True):
+                for row in self._relevant(evals).sort(["_key", "ts_ms"]).iter_rows(named=True):
                     t = self._step(row)
                     if t is not None:
                         out.append(t)
             out.extend(self._expire_events(stream_ms))
             return out
+
+    def _relevant(self, evals: pl.DataFrame) -> pl.DataFrame:
+        """The rows of keys with a firing evaluation in this batch or an open episode (+ ``_key``);
+        the rest are no-ops. Keys are built only for rows of those subjects: a batch holds an
+        evaluation per reading and rule, almost all of them quiet, and a key per row cost tens of ms."""
+        open_keys = self._open_keys()
+        subjects = set(evals.filter(pl.col("firing")).get_column("subject_id").to_list())
+        subjects.update(self._subject(k) for k in open_keys)
+        if not subjects:
+            return evals.clear().with_columns(pl.lit("").alias("_key"))
+        cand = evals.filter(pl.col("subject_id").is_in(list(subjects))).with_columns(
+            pl.concat_str(["tenant_id", "subject_id", "rule"], separator="|").alias("_key")
+        )
+        return cand.filter(pl.col("firing").any().over("_key") | pl.col("_key").is_in(list(open_keys)))
+
+    def _subject(self, key: str) -> str:
+        """The subject of an open episode's key (not parsed from it: ids may contain the "|" of keys)."""
+        ep = self._get(key)
+        return ep.subject_id if ep is not None else ""
 
     def _step(self, row: dict) -> Transition | None:
         key, ts = row["_key"], row["ts_ms"]
