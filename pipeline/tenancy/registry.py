@@ -76,13 +76,15 @@ class Registry:
         self._decode = decode
         self._write = write
         self._cache: dict[str, Registration | None] = {}
-        self._changes: list[str] = []  # the latest subjects put, deleted or updated, oldest first
-        self._base = 0  # the version of _changes[0]: older entries were dropped
+        # (version of the first entry, the latest subjects put, deleted or updated, oldest first): one
+        # attribute, replaced whole when trimmed, so a reader in another thread sees a consistent pair
+        self._log: tuple[int, list[str]] = (0, [])
 
     @property
     def version(self) -> int:
         """The number of changes so far (put, delete, applied update): a cursor for :meth:`changed_since`."""
-        return self._base + len(self._changes)
+        base, changes = self._log
+        return base + len(changes)
 
     def changed_since(self, version: int) -> list[str] | None:
         """Subjects changed after :attr:`version` was ``version`` (for caches of facts derived from them).
@@ -90,16 +92,17 @@ class Registry:
         The log keeps the latest :data:`CHANGE_LOG_LIMIT` changes or more; ``None`` means the cursor is
         older than that and a cache must treat every subject as changed.
         """
-        if version < self._base:
+        base, changes = self._log
+        if version < base:
             return None
-        return self._changes[version - self._base :]
+        return changes[version - base :]
 
     def _changed(self, subject_id: str) -> None:
-        self._changes.append(subject_id)
-        if len(self._changes) > 2 * CHANGE_LOG_LIMIT:
-            drop = len(self._changes) - CHANGE_LOG_LIMIT
-            del self._changes[:drop]
-            self._base += drop
+        base, changes = self._log
+        changes.append(subject_id)
+        if len(changes) > 2 * CHANGE_LOG_LIMIT:
+            drop = len(changes) - CHANGE_LOG_LIMIT
+            self._log = (base + drop, changes[drop:])
 
     def __len__(self) -> int:
         return len(self._store)
