@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from pipeline.worker.frames import (
     replay_counters_table,
 )
 from pipeline.worker.fuel import FuelDeriver
+from pipeline.worker.ownership import Ownership
 from pipeline.worker.processors import Derive, ReadingsProcessor, RegistryProcessor, SimUsageProcessor, compose
 from pipeline.worker.runner import BatchRunner
 
@@ -203,6 +204,26 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
 
     out = {"alerts": alerts.publisher, "on_durable": alerts.tracker.persist} if alerts is not None else {}
     stored = clickhouse_fetch(db)  # stored readings for intervals and fuel: one reader, both run in one thread
+
+    def readings_stage() -> Derive | None:
+        return detect_meters(
+            compose(
+                IntervalDeriver(catalogue, registry, stored) if settings.derive_intervals else None,
+                FuelDeriver(catalogue, registry, stored) if settings.derive_fuel else None,
+            )
+        )
+
+    def frames_stage() -> Derive | None:
+        return detect_meters(
+            IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None
+        )
+
+    # per-series state is rebuilt when a partition comes back from another worker (worker/ownership.py)
+    ownership = Ownership()
+    ownership.connect(app)
+
+    def owned(topic: str, factory: Callable[[], Derive | None]) -> Derive | None:
+        return ownership.follow(settings.topic(topic), factory)
     runners = {
         "registry.devices": BatchRunner(
             "registry.devices", RegistryProcessor(decoder, registry, pseudonyms), sink, deadletters, metrics
@@ -214,12 +235,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
                 ReadingValidator(catalogue, **lateness),
                 registry,
                 DuplicateFilter(settings.duplicate_cache_rows),
-                detect_meters(
-                    compose(
-                        IntervalDeriver(catalogue, registry, stored) if settings.derive_intervals else None,
-                        FuelDeriver(catalogue, registry, stored) if settings.derive_fuel else None,
-                    )
-                ),
+                owned("meter.readings", readings_stage),
             ),
             sink,
             deadletters,
@@ -233,7 +249,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
                 SimUsageValidator(**lateness),
                 registry,
                 pseudonyms,
-                alerts.sims() if alerts is not None else None,
+                owned("sim.usage", lambda: alerts.sims() if alerts is not None else None),
             ),
             sink,
             deadletters,
@@ -250,9 +266,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
         DuplicateFilter(settings.duplicate_cache_rows),
         replay_counters_table(app, settings.topic_partitions),
         max_wait_ms=settings.dlms_max_wait_ms,
-        derive=detect_meters(
-            IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None
-        ),
+        derive=owned("meter.frames", frames_stage),
     )
     runners["meter.frames"] = FramesRunner("meter.frames", frames, sink, deadletters, metrics, **out)
     install_expiry_timer(app, frames, deadletters, sink, settings.dlms_max_wait_ms)

@@ -282,3 +282,53 @@ def test_registry_change_log_is_bounded_and_a_lagging_cache_refreshes_everything
     sites = dict(facts.devices().collect().select("device_id", "site_id").iter_rows())
     assert sites == {"a": "s1", "b": "s9"}
     assert reg.changed_since(reg.version) == []
+
+
+# -- a partition that leaves this worker and comes back ----------------------------------------------------------
+
+
+def _handover(batches: list[list], registry: Registry, *, follow_ownership: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Worker A derives batches 0–2, worker B (same store) 3–5 while A holds other partitions, then the
+    partition returns to A for 6–8. A's stage is built through :class:`Ownership` when ``follow_ownership``."""
+    from pipeline.worker.ownership import Ownership
+
+    catalogue = load_catalogue()
+    stored: list[pl.DataFrame] = []
+
+    def fetch(devices: list[str], quantities: list[str], since_ms: int) -> pl.DataFrame:
+        return _final(stored).filter(pl.col("device_id").is_in(devices), pl.col("quantity").is_in(quantities),
+                                     pl.col("ts_ms") >= since_ms)  # fmt: skip
+
+    ownership = Ownership()
+    a = ownership.follow("meter.readings", lambda: IntervalDeriver(catalogue, registry, fetch))
+    b = IntervalDeriver(catalogue, registry, fetch)
+    assert a is not None
+    ownership.assigned([("meter.readings", 0), ("meter.readings", 1)])
+    written = []
+    for n, batch in enumerate(batches):
+        if n == 3:
+            ownership.assigned([("meter.readings", 1)])  # partition 0 goes to B
+        if n == 6:
+            ownership.assigned([("meter.readings", 0), ("meter.readings", 1)] if follow_ownership else [])
+        part = _frame(batch)
+        out = (b if 3 <= n < 6 else a)(part, NOW + n)  # each batch is stored before the next is derived
+        written.append(pl.from_arrow(out["intervals_store"]).with_columns(batch=pl.lit(n)))  # type: ignore[union-attr]
+        stored.append(part.select(*KEYS, "ts_ms", "value", seq=pl.col("src_offset").cast(pl.Int64)))
+    latest = (pl.concat(written).with_columns(interval_start_ms=pl.col("interval_start").dt.epoch("ms"))
+              .sort("batch").group_by([*KEYS, "interval_start_ms"]).agg(pl.all().last()))  # fmt: skip
+    return latest, _final(stored)
+
+
+def test_a_partition_that_comes_back_is_read_back_not_continued_from_stale_state() -> None:
+    rnd = random.Random(11)
+    devices = [f"m{i}" for i in range(4)]
+    registry = _registry(devices)
+    rows = _arrival(rnd, _series(rnd, devices, 36), 0.0)
+    batches = [rows[i : i + len(rows) // 9 + 1] for i in range(0, len(rows), len(rows) // 9 + 1)]
+    assert len(batches) == 9
+    latest, stored = _handover(batches, registry, follow_ownership=True)
+    _assert_same_bits(latest, _full(stored, registry))
+    # the control: continuing A's state from before the handover restates B's intervals wrongly
+    stale, stored = _handover(batches, registry, follow_ownership=False)
+    with pytest.raises(AssertionError):
+        _assert_same_bits(stale, _full(stored, registry))
