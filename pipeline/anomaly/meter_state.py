@@ -88,6 +88,11 @@ def with_params(ctx: Context, rule: str, frame: pl.DataFrame, names: Sequence[st
     batch become literals (no join)."""
     if frame.is_empty():
         return frame.with_columns(pl.lit(None).alias(n) for n in names)
+    same = ctx.policy.uniform(rule)
+    if same is not None:  # no tenant or site overrides this rule: literals, without looking at the pairs
+        if same["enabled"] is False:
+            return frame.clear().with_columns(pl.lit(None).alias(n) for n in names)
+        return frame.with_columns(pl.lit(same[n]).alias(n) for n in names)
     pairs = frame.select("tenant_id", "site_id").unique()
     params = _param_frame(ctx.policy, rule, pairs).join(pairs, on=["tenant_id", "site_id"], how="semi")
     cols = ["enabled", *names]

@@ -87,6 +87,7 @@ class Policy:
         self._tenants = {t: _check_rules(f"tenants.{t}.rules", dict(o)) for t, o in (tenants or {}).items()}
         self._sites = {k: _check_rules(f"tenants.{k[0]}.sites.{k[1]}.rules", dict(o)) for k, o in (sites or {}).items()}
         self.params = lru_cache(maxsize=65536)(self._params)
+        self._local = {r for o in [*self._tenants.values(), *self._sites.values()] for r in o}  # rules overridden somewhere
 
     @classmethod
     def load(cls, path: Path | None) -> Policy:
@@ -123,6 +124,10 @@ class Policy:
         out.update(self._tenants.get(tenant, {}).get(rule, {}))
         out.update(self._sites.get((tenant, site), {}).get(rule, {}))
         return out
+
+    def uniform(self, rule: str) -> Mapping[str, Param] | None:
+        """The parameters of ``rule`` if no tenant or site overrides them (the same everywhere), else None."""
+        return None if rule in self._local else self.params(rule)
 
     def frame(self, rule: str, subjects: pl.DataFrame, names: list[str]) -> pl.DataFrame:
         """``subjects`` (tenant_id, site_id, ...) with one column per parameter in ``names``."""

@@ -102,6 +102,14 @@ def test_policy_overrides_clear_after_per_tenant() -> None:
     assert [t.state for t in tracker.apply(evals("gap", rows, tenant="t2"), 0)] == [State.RAISED, State.CLEARED]
 
 
+def test_a_rule_is_uniform_only_where_no_tenant_or_site_overrides_it() -> None:
+    policy = Policy(rules={"gap": {"period_factor": 3}}, tenants={"t2": {"spike": {"threshold": 5.0}}},
+                    sites={("t1", "s1"): {"flatline": {"enabled": False}}})  # fmt: skip
+    uniform = policy.uniform("gap")
+    assert uniform is not None and uniform["period_factor"] == 3 == policy.params("gap", "t9", "s9")["period_factor"]
+    assert policy.uniform("spike") is None and policy.uniform("flatline") is None
+
+
 def test_annotate_publishes_an_update_once() -> None:
     tracker = AlertTracker(Policy())
     (raised,) = tracker.apply(evals("gap", [(0, True, W)]), 0)

@@ -515,6 +515,8 @@ def test_disabled_rules_emit_nothing() -> None:
     data = _MIXED[0].filter(pl.col("ts_ms") < MON + 6 * HOUR)
     off = Policy(tenants={"t1": {rule: {"enabled": False} for rule in METER_RULE_IDS}})
     assert replay([data], _MIXED[1], meter_rules(), off).is_empty()
+    everywhere = Policy(rules={rule: {"enabled": False} for rule in METER_RULE_IDS})  # no tenant/site: literals
+    assert everywhere.uniform("gap") is not None and replay([data], _MIXED[1], meter_rules(), everywhere).is_empty()
     site = Policy(sites={("t1", "s1"): {"gap": {"enabled": False}}})  # only that site
     ev = replay([data], _MIXED[1], meter_rules(), site)
     assert "gap" not in set(ev["rule"]) and ev.height > 0
