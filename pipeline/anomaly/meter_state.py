@@ -359,13 +359,17 @@ class SeriesRing(SeriesIndex):
         vals[:, width - w :] = np.take_along_axis(old, order, axis=1)
         self._vals, self._pos = vals, np.zeros(old.shape[0], np.int64)  # next write at 0 = the oldest slot
 
-    def roll(self, frame: pl.DataFrame, n: str) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    def roll(self, frame: pl.DataFrame, n: str, tol: str | None = None) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
         """Fold ``frame`` (keys + ts_ms + value + column ``n``, the window length per row) in; for every
         new sample the max and min of it and the ``n - 1`` samples before it (NaN where fewer exist).
+        With ``tol`` (a column), a sample farther than ``tol`` from the one before it gets the max and
+        min of that pair only: its window's span exceeds ``tol`` either way, and almost every sample of
+        a live signal is such a one (the window is gathered for the others only).
         Returns (the rows kept, in series and time order; hi; lo)."""
         frame, rows, ts = self._fresh(frame)
         vals = frame["value"].to_numpy().astype(np.float64)
         need = frame[n].to_numpy().astype(np.int64) - 1
+        near = frame[tol].to_numpy().astype(np.float64) if tol is not None else None
         self._widen(int(need.max()) if len(need) else 0)
         hi, lo = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
         if not len(rows):
@@ -373,23 +377,38 @@ class SeriesRing(SeriesIndex):
         starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
         rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
         w = self.width
-        back = np.arange(1, w + 1)
-        uniform = bool((need == w).all())
+        uniform = bool((need == w).all())  # every slot is in every window: their order does not matter
         for r in range(int(rank.max()) + 1):
-            sel = np.flatnonzero(rank == r) if r or rank.any() else slice(None)
+            sel = np.flatnonzero(rank == r) if r or rank.any() else np.arange(len(rows))
             idx, v = rows[sel], vals[sel]
-            prev = self._vals[idx[:, None], (self._pos[idx][:, None] - back[None, :]) % w]  # newest first
-            if not uniform:  # slots beyond this row's window count as the value itself (neutral)
-                prev = np.where(back[None, :] <= need[sel][:, None], prev, v[:, None])
-            ok = self._count[idx] >= need[sel]
+            h, lw = v.copy(), v.copy()
             with np.errstate(invalid="ignore"):
-                h, lw = np.maximum(prev.max(axis=1), v), np.minimum(prev.min(axis=1), v)
+                if near is None:
+                    exact = np.ones(len(sel), dtype=bool)
+                else:
+                    newest = self._vals[idx, (self._pos[idx] - 1) % w]
+                    exact = ~(np.abs(v - newest) > near[sel])  # NaN (no newest yet): the exact way
+                    h, lw = np.fmax(h, newest), np.fmin(lw, newest)
+                e = np.flatnonzero(exact)
+                if len(e):
+                    h[e], lw[e] = self._window(idx[e], v[e], need[sel][e], uniform)
+            ok = self._count[idx] >= need[sel]
             hi[sel], lo[sel] = np.where(ok, h, np.nan), np.where(ok, lw, np.nan)
             self._vals[idx, self._pos[idx]] = v
             self._pos[idx] = (self._pos[idx] + 1) % w
             self._count[idx] = np.minimum(self._count[idx] + 1, w)
             self._last[idx] = ts[sel]
         return frame.drop("_row"), hi, lo
+
+    def _window(self, idx: np.ndarray, v: np.ndarray, need: np.ndarray, uniform: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Max and min of ``v`` and the ``need`` newest kept values of each row's series."""
+        if uniform:
+            prev = self._vals[idx]
+        else:  # newest first; slots beyond a row's window count as the value itself (neutral)
+            back = np.arange(1, self.width + 1)
+            prev = self._vals[idx[:, None], (self._pos[idx][:, None] - back[None, :]) % self.width]
+            prev = np.where(back[None, :] <= need[:, None], prev, v[:, None])
+        return np.maximum(prev.max(axis=1), v), np.minimum(prev.min(axis=1), v)
 
 
 class WindowAcc(SeriesIndex):

@@ -87,7 +87,8 @@ class Policy:
         self._tenants = {t: _check_rules(f"tenants.{t}.rules", dict(o)) for t, o in (tenants or {}).items()}
         self._sites = {k: _check_rules(f"tenants.{k[0]}.sites.{k[1]}.rules", dict(o)) for k, o in (sites or {}).items()}
         self.params = lru_cache(maxsize=65536)(self._params)
-        self._local = {r for o in [*self._tenants.values(), *self._sites.values()] for r in o}  # rules overridden somewhere
+        # the rules some tenant or site overrides
+        self._local = {r for o in [*self._tenants.values(), *self._sites.values()] for r in o}
 
     @classmethod
     def load(cls, path: Path | None) -> Policy:

@@ -91,7 +91,7 @@ class Flatline:
         if sig.is_empty():
             return sig
         sig = sig.with_columns(_c("samples").clip(lower_bound=2))
-        rows, hi, lo = self._ring.roll(sig, "samples")
+        rows, hi, lo = self._ring.roll(sig, "samples", tol="epsilon")
         rows = rows.with_columns(hi=pl.Series(hi), lo=pl.Series(lo)).filter(_c("hi").is_not_nan())
         span = _c("hi") - _c("lo")
         rows = rows.select(
