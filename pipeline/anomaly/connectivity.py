@@ -23,7 +23,7 @@ import polars as pl
 
 from pipeline.anomaly.catalogue import RULES
 from pipeline.anomaly.inputs import Context, MeterBatch
-from pipeline.anomaly.meter_state import DEVICE, DeviceAttrs, SeriesLast, finish, iso_expr, with_params
+from pipeline.anomaly.meter_state import DEVICE, DeviceAttrs, SeriesLast, finish, iso_expr, relevant, with_params
 from pipeline.anomaly.model import Severity
 from pipeline.flags import Flag
 from pipeline.tenancy.registry import Registration
@@ -75,7 +75,7 @@ class Gap:
         first = gaps.with_columns(ts_ms=_c("prev") + _c("period"))
         last = gaps.filter(_c("hole") > 2 * _c("period")).with_columns(ts_ms=_c("resumed") - _c("period"))
         ok = rows.with_columns(firing=pl.lit(False), message=pl.lit(""))
-        return finish(pl.concat([first, last, ok], how="diagonal_relaxed"), self.spec.id)
+        return finish(relevant(pl.concat([first, last, ok], how="diagonal_relaxed"), ctx, self.spec.id), self.spec.id)
 
 
 class ClockInvalid:

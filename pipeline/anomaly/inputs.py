@@ -8,6 +8,7 @@ a window of intervals) and lives in the rule object; what must survive a restart
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +53,9 @@ class Context:
     policy: Policy
     registry: Registry
     now_ms: int  # wall clock of the batch, epoch ms
+    # rule -> subjects with an open episode of it, when a lifecycle consumes the evaluations: a rule may
+    # then leave out the non-firing rows of other subjects (no-ops to the lifecycle). None: emit every row.
+    open: Mapping[str, frozenset[str]] | None = None
 
 
 class MeterRule(Protocol):

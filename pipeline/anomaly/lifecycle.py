@@ -111,6 +111,15 @@ class AlertTracker:
         with self._lock:
             return len(self._open_keys())
 
+    def open_subjects(self) -> dict[str, frozenset[str]]:
+        """Rule -> the subjects with an open episode of it (for :attr:`Context.open`)."""
+        with self._lock:
+            out: dict[str, set[str]] = {}
+            for ep in (self._get(k) for k in self._open_keys()):
+                if ep is not None and ep.alert_id:
+                    out.setdefault(ep.rule, set()).add(ep.subject_id)
+            return {rule: frozenset(subjects) for rule, subjects in out.items()}
+
     def open_episodes(self) -> list[Episode]:
         with self._lock:
             eps = (self._get(k) for k in self._open_keys())

@@ -231,6 +231,8 @@ class HvacShortCycling:
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
         states = (batch.readings.filter(_c("quantity") == "hvac_run_state")
                   .select(*DEVICE, "ts_ms", hvac_run_state="value", run_start=pl.lit(None, pl.Int64)))  # fmt: skip
+        if states.is_empty():  # no run state, no hour completes (most batches of most fleets)
+            return empty_evaluations()
         context = self._tail.context(states)
         s = _c("hvac_run_state")
         prev = lag(s)

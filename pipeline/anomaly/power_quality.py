@@ -26,6 +26,7 @@ from pipeline.anomaly.meter_state import (
     finish,
     iso_expr,
     merge_per_ts,
+    relevant,
     with_message,
     with_params,
 )
@@ -119,6 +120,7 @@ class VoltageOutOfBand(_Banded):
             firing=_c("sev") > 0, severity=pl.when(_c("sev") > 0).then(_c("sev")).otherwise(_W), observed=m,
             threshold="threshold",
         )  # fmt: skip
+        rows = relevant(rows, ctx, self.rule)
         rows = with_message(rows, pl.format("{}-min mean {} {} V {} {} V (nominal {} V) from {}", "window_minutes",
                                             "quantity", _c("observed").round(1), _cmp(), _c("threshold").round(1),
                                             _c("nom").round(0), iso_expr("window_ms")))  # fmt: skip
@@ -157,6 +159,7 @@ class FrequencyOutOfBand(_Banded):
             *DEVICE, "window_ms", "window_minutes", ts_ms=_c("window_ms") + _c("width_ms"), firing=_c("sev") > 0,
             severity=pl.when(_c("sev") > 0).then(_c("sev")).otherwise(_W), observed=m, threshold="threshold",
         )  # fmt: skip
+        rows = relevant(rows, ctx, self.rule)
         rows = with_message(rows, pl.format("{}-min mean frequency {} Hz {} {} Hz from {}", "window_minutes",
                                             _c("observed").round(3), _cmp(), _c("threshold").round(2),
                                             iso_expr("window_ms")))  # fmt: skip
@@ -181,6 +184,7 @@ class LowPowerFactor(_Windowed):
             *DEVICE, "window_ms", ts_ms=_c("window_ms") + _c("width_ms"), firing=m < _c("threshold"),
             severity=pl.lit(_W), observed=m, threshold="threshold",
         )  # fmt: skip
+        rows = relevant(rows, ctx, self.rule)
         rows = with_message(rows, pl.format("hourly mean power factor {} < {} from {}", _c("observed").round(3),
                                             "threshold", iso_expr("window_ms")))  # fmt: skip
         return finish(rows, self.rule)

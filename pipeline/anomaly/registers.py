@@ -30,6 +30,7 @@ from pipeline.anomaly.meter_state import (
     finish,
     iso_expr,
     merge_per_ts,
+    relevant,
     with_message,
     with_params,
 )
@@ -65,7 +66,8 @@ class Flatline:
         parts = [p for p in (self._frozen_registers(r, ctx), self._stuck_signals(r, ctx)) if p.height]
         if not parts:
             return empty_evaluations()
-        return finish(merge_per_ts(pl.concat(parts, how="diagonal_relaxed")), self.spec.id)
+        rows = relevant(pl.concat(parts, how="diagonal_relaxed"), ctx, self.spec.id)
+        return finish(merge_per_ts(rows), self.spec.id)
 
     def _frozen_registers(self, r: pl.DataFrame, ctx: Context) -> pl.DataFrame:
         regs = r.filter(_c("quantity").is_in(list(_REGISTERS)))

@@ -50,6 +50,7 @@ from pipeline.anomaly.meter_state import (
     finish,
     iso_expr,
     merge_per_ts,
+    relevant,
     with_message,
     with_params,
 )
@@ -198,6 +199,7 @@ class Spike:
             severity=pl.lit(int(Severity.WARNING)), observed=_c("x"),
             threshold=_c("m") + thr * pl.max_horizontal("mad", f * _c("m")) / _K,
         )  # fmt: skip
+        rows = relevant(rows, ctx, self.spec.id)
         unit = _c("quantity").replace_strict(SPIKE_QUANTITIES, default="")
         rows = with_message(rows, pl.format(
             "15-min {} {} {} from {}: robust z {} vs the same time of day (median {}), {}x its neighbours",

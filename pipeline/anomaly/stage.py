@@ -59,7 +59,7 @@ class _Stage:
 
     def _run(self, rules: Sequence[MeterRule | SimRule], batch: MeterBatch | SimBatch, now_ms: int,
              newest_ms: int) -> list[Transition]:  # fmt: skip
-        ctx = Context(self._policy, self._registry, now_ms)
+        ctx = Context(self._policy, self._registry, now_ms, self.tracker.open_subjects())
         frames = []
         for rule in rules:
             try:

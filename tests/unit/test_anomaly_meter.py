@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.anomaly import RULES, Context, MeterBatch, Policy, Severity
+from pipeline.anomaly import RULES, Context, MeterBatch, Policy, Severity, State
 from pipeline.anomaly.connectivity import ClockInvalid, Gap
 from pipeline.anomaly.machines import FuelDrop, GeneratorUnexpectedRun, HvacDeltaT, HvacShortCycling
 from pipeline.anomaly.meter_rules import METER_RULE_IDS, meter_rules
@@ -31,6 +31,7 @@ from tests.anomaly_replay import (
     FAULT_RULE,
     INTERVALS_SCHEMA,
     READINGS_SCHEMA,
+    StreamDerive,
     episodes,
     fleet_summary,
     replay,
@@ -520,3 +521,27 @@ def test_disabled_rules_emit_nothing() -> None:
     site = Policy(sites={("t1", "s1"): {"gap": {"enabled": False}}})  # only that site
     ev = replay([data], _MIXED[1], meter_rules(), site)
     assert "gap" not in set(ev["rule"]) and ev.height > 0
+
+
+def test_leaving_out_quiet_rows_of_subjects_without_an_open_episode_changes_no_transition() -> None:
+    """With a lifecycle, rules see the open episodes (``Context.open``) and drop the non-firing rows
+    of every other subject: the transitions are those of the full evaluation stream."""
+    from pipeline.anomaly.lifecycle import AlertTracker
+
+    def transitions(pruned: bool) -> tuple[list, int]:
+        tracker, derive, rules = AlertTracker(_POLICY), StreamDerive(_MIXED[1]), meter_rules()
+        out, rows = [], 0
+        for b in split_by_time(_MIXED[0], 4 * HOUR):
+            now = int(b["ts_ms"].max()) + 60_000  # type: ignore[arg-type]
+            ctx = Context(_POLICY, _MIXED[1], now, tracker.open_subjects() if pruned else None)
+            batch = MeterBatch(b, *derive(b))
+            frames = [f for f in (r(batch, ctx) for r in rules) if f.height]
+            evals = pl.concat(frames) if frames else pl.DataFrame()
+            rows += evals.height
+            out += tracker.apply(evals, now - 60_000)
+        return out, rows
+
+    full, every = transitions(False)
+    pruned, fewer = transitions(True)
+    assert {t.state for t in full} == {State.RAISED, State.CLEARED} and len({t.rule for t in full}) >= 5
+    assert pruned == full and fewer < every / 3
