@@ -276,8 +276,8 @@ class SeriesIndex:
     def _grow(self, extra: int) -> None:
         self._last = np.concatenate([self._last, np.full(extra, np.iinfo(np.int64).min)])
 
-    def _rows(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` + ``_row``, sorted by series and time (new series get new rows)."""
+    def assign(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` (with the key columns) + ``_row``, the row of its series (new series get new rows)."""
         frame = frame.with_columns(_key=pl.struct(self.keys).hash(seed=7)).join(self._index, on="_key", how="left")
         new = frame.filter(pl.col("_row").is_null())
         if new.height:
@@ -290,7 +290,11 @@ class SeriesIndex:
                 self._grow(extra)
                 self._capacity += extra
             frame = frame.drop("_row").join(self._index, on="_key", how="left")
-        return frame.drop("_key").sort("_row", "ts_ms", maintain_order=True)
+        return frame.drop("_key")
+
+    def _rows(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` + ``_row``, sorted by series and time (new series get new rows)."""
+        return self.assign(frame).sort("_row", "ts_ms", maintain_order=True)
 
     def _fresh(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
         """Rows newer than their series' newest (a repeated timestamp: the first row wins)."""

@@ -28,6 +28,10 @@ misses: 2 on the first weekend day (no reference yet), 3 on the steep edge of a 
 business (the same-time-of-day reference straddles it, so its MAD is large), 1 just under
 the neighbourhood threshold.
 
+With a lifecycle (``Context.open``) the history test runs only where the neighbourhood test
+passes, or for devices with an open episode or a firing interval in the batch: elsewhere
+the interval cannot fire and its evaluation would be ignored.
+
 State: per series a ring buffer of the window's interval values (float32) and interval
 numbers (int32) in two 2-D numpy arrays: 8 days × 96 slots ≈ 6 KB per series.
 """
@@ -46,11 +50,10 @@ from pipeline.anomaly.inputs import Context, MeterBatch
 from pipeline.anomaly.meter_state import (
     DEVICE,
     DeviceAttrs,
-    Watermarks,
+    SeriesIndex,
     finish,
     iso_expr,
     merge_per_ts,
-    relevant,
     with_message,
     with_params,
 )
@@ -64,6 +67,8 @@ IMS = 900_000
 _DAY = 96
 _SKIP = int(Flag.ESTIMATED | Flag.RESET | Flag.IMPLAUSIBLE_JUMP)
 _SERIES = [*DEVICE, "quantity"]
+_KEYS = ["tenant_id", "device_id", "quantity"]  # a series (its site may change)
+_NONE = np.iinfo(np.int64).min
 _K = 0.6745
 
 
@@ -82,44 +87,61 @@ def _median(a: np.ndarray) -> np.ndarray:
     return np.where(n > 0, (lo + hi) / 2, np.nan)
 
 
+class _History(SeriesIndex):
+    """Per series: the window's interval values (float32) and numbers (int32, -1: none) in ring slots,
+    and the newest reading time seen (``_last``, the watermark of completed intervals)."""
+
+    def __init__(self) -> None:
+        self.slots = 8 * _DAY
+        self.vals = np.full((0, self.slots), np.nan, dtype=np.float32)
+        self.stamp = np.full((0, self.slots), -1, dtype=np.int32)
+        super().__init__(_KEYS)
+
+    def _grow(self, extra: int) -> None:
+        super()._grow(extra)
+        self.vals = np.vstack([self.vals, np.full((extra, self.slots), np.nan, np.float32)])
+        self.stamp = np.vstack([self.stamp, np.full((extra, self.slots), -1, np.int32)])
+
+    def ensure_slots(self, days: float) -> None:
+        need = (math.ceil(days) + 1) * _DAY
+        if need <= self.slots:
+            return
+        vals = np.full((self.vals.shape[0], need), np.nan, np.float32)
+        stamp = np.full((self.vals.shape[0], need), -1, np.int32)
+        rows, cols = np.nonzero(self.stamp >= 0)
+        n = self.stamp[rows, cols]
+        vals[rows, n % need], stamp[rows, n % need] = self.vals[rows, cols], n
+        self.vals, self.stamp, self.slots = vals, stamp, need
+
+    def advance(self, seen: pl.DataFrame) -> pl.DataFrame:
+        """Readings (keys, site_id, ts_ms) -> per series: site_id, ``_row``, and the interval numbers
+        ``lo <= n < hi`` completed by them (a new series: everything before its newest reading)."""
+        per = self.assign(seen.group_by(_KEYS).agg(pl.col("site_id").last(), first=_c("ts_ms").min(),
+                                                   top=_c("ts_ms").max()))  # fmt: skip
+        rows = per["_row"].to_numpy()
+        prev = self._last[rows]
+        mark = np.maximum(prev, per["top"].to_numpy())
+        self._last[rows] = mark
+        lo = np.where(prev == _NONE, per["first"].to_numpy(), prev) // IMS
+        return per.select(*_KEYS, "site_id", "_row").with_columns(lo=pl.Series(lo), hi=pl.Series(mark // IMS))
+
+    def take(self, rows: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Values at interval numbers ``n`` (one row of numbers per row), NaN where not stored."""
+        r = np.broadcast_to(rows[:, None], n.shape)
+        ok = self.stamp[r, n % self.slots] == n
+        return np.where(ok, self.vals[r, n % self.slots], np.nan)
+
+
 class Spike:
     def __init__(self) -> None:
         self.spec = RULES["spike"]
-        self._index: dict[tuple[str, str, str], int] = {}
-        self._slots = 8 * _DAY
-        self._vals = np.full((0, self._slots), np.nan, dtype=np.float32)
-        self._stamp = np.full((0, self._slots), -1, dtype=np.int32)
-        self._marks = Watermarks(_SERIES)
+        self._hist = _History()
         self._offsets: dict[str, tuple[int, int]] = {}  # timezone -> (epoch day, offset in intervals)
         self._zones = DeviceAttrs({"timezone": (pl.Utf8(), lambda r, _: r.timezone or "UTC")})
 
     @property
     def series(self) -> int:
-        return len(self._index)
-
-    def _rows_for(self, keys: list[tuple[str, str, str]]) -> np.ndarray:
-        out = np.empty(len(keys), dtype=np.int64)
-        for i, k in enumerate(keys):
-            row = self._index.get(k)
-            if row is None:
-                row = self._index[k] = len(self._index)
-            out[i] = row
-        if len(self._index) > self._vals.shape[0]:
-            grow = max(len(self._index), 2 * self._vals.shape[0], 64) - self._vals.shape[0]
-            self._vals = np.vstack([self._vals, np.full((grow, self._slots), np.nan, np.float32)])
-            self._stamp = np.vstack([self._stamp, np.full((grow, self._slots), -1, np.int32)])
-        return out
-
-    def _ensure_slots(self, days: float) -> None:
-        need = (math.ceil(days) + 1) * _DAY
-        if need <= self._slots:
-            return
-        vals = np.full((self._vals.shape[0], need), np.nan, np.float32)
-        stamp = np.full((self._vals.shape[0], need), -1, np.int32)
-        rows, cols = np.nonzero(self._stamp >= 0)
-        n = self._stamp[rows, cols]
-        vals[rows, n % need], stamp[rows, n % need] = self._vals[rows, cols], n
-        self._vals, self._stamp, self._slots = vals, stamp, need
+        return self._hist.series
 
     def _offset(self, tz: str, now_ms: int) -> int:
         """UTC offset of ``tz`` in whole intervals (today's; DST changes within the window are ignored)."""
@@ -139,47 +161,64 @@ class Spike:
         seen = batch.readings.filter(_c("quantity").is_in(q)).select(*_SERIES, "ts_ms")
         if seen.is_empty():
             return finish(seen, self.spec.id)
-        # intervals n with lo <= n < hi became complete in this batch (a new series: all it has)
-        first = seen.group_by(_SERIES).agg(first=_c("ts_ms").min())
-        marks = (
-            self._marks.advance(seen)
-            .join(first, on=_SERIES)
-            .with_columns(lo=pl.coalesce(_c("prev"), _c("first")) // IMS, hi=_c("mark") // IMS)
-            .drop("first")
-        )
+        marks = self._hist.advance(seen)
         iv = batch.intervals.filter(_c("quantity").is_in(q)) if batch.intervals.height else batch.intervals
         if iv.is_empty():
             return finish(iv, self.spec.id)
-        iv = iv.with_columns(n=_c("interval_start_ms") // IMS).join(marks, on=_SERIES)
+        iv = iv.with_columns(n=_c("interval_start_ms") // IMS).join(marks.drop("site_id"), on=_KEYS)
         iv = iv.filter((_c("n") < _c("hi")) & (_c("n") >= _c("lo")))
-        iv = iv.unique([*_SERIES, "n"], keep="last")
-        self._store(iv)
+        self._store(iv.unique(["_row", "n"], keep="last"))
         return self._evaluate(marks, ctx)
 
     def _store(self, iv: pl.DataFrame) -> None:
         if iv.is_empty():
             return
-        keys = list(zip(iv["tenant_id"], iv["device_id"], iv["quantity"], strict=True))
-        rows = self._rows_for(keys)
+        h = self._hist
+        rows = iv["_row"].to_numpy()
         n = iv["n"].to_numpy().astype(np.int64)
         x = (iv["measured"] + iv["estimated"]).to_numpy().astype(np.float32)
         x[(iv["flags"].to_numpy() & _SKIP) != 0] = np.nan
-        self._vals[rows, n % self._slots] = x
-        self._stamp[rows, n % self._slots] = np.where(np.isnan(x), -1, n)  # -1: nothing usable in the slot
+        h.vals[rows, n % h.slots] = x
+        h.stamp[rows, n % h.slots] = np.where(np.isnan(x), -1, n)  # -1: nothing usable in the slot
 
     def _evaluate(self, marks: pl.DataFrame, ctx: Context) -> pl.DataFrame:
         params = ["window_days", "threshold", "min_history", "mad_floor", "local_floor", "tod_window_minutes"]
         # intervals i = n - 2 for every newly complete n (both successors of i are complete)
         todo = marks.filter(_c("hi") > _c("lo")).with_columns(i=pl.int_ranges(_c("lo") - 2, _c("hi") - 2)).explode("i")
-        todo = with_params(ctx, self.spec.id, todo.drop("prev", "mark", "lo", "hi"), params)
+        todo = with_params(ctx, self.spec.id, todo.drop("lo", "hi"), params)
         if todo.is_empty():
             return finish(todo, self.spec.id)
-        self._ensure_slots(float(todo["window_days"].max()))  # type: ignore[arg-type]
-        keys = list(zip(todo["tenant_id"], todo["device_id"], todo["quantity"], strict=True))
-        known = np.array([k in self._index for k in keys], dtype=bool)
-        todo, keys = todo.filter(pl.Series(known)), [k for k, ok in zip(keys, known, strict=True) if ok]
+        self._hist.ensure_slots(float(todo["window_days"].max()))  # type: ignore[arg-type]
+        rows, i = todo["_row"].to_numpy(), todo["i"].to_numpy().astype(np.int64)
+        x = self._hist.take(rows, i[:, None])[:, 0].astype(np.float64)
+        c = np.nan_to_num(_median(self._hist.take(rows, i[:, None] + np.array([-2, -1, 1, 2]))), nan=0.0)
+        todo = todo.with_columns(x=pl.Series(x), c=pl.Series(c)).filter(_c("x").is_not_nan() & (_c("c") > 0))
+        # the same-time-of-day history only where the neighbourhood test passes (only such an interval can
+        # fire), or where the lifecycle needs every evaluation of the device (an open episode; no lifecycle)
+        near = _K * (_c("x") - _c("c")) / (_c("local_floor") * _c("c")) > _c("threshold")
+        watch = None if ctx.open is None else list(ctx.open.get(self.spec.id, ()))
+        todo = todo.with_columns(near=near if watch is not None else pl.lit(True))
+        parts = [self._history(todo.filter(_c("near") | _c("device_id").is_in(watch or [])), ctx)]
+        firing = parts[0].filter(_c("firing"))["device_id"].unique().to_list() if parts[0].height else []
+        if watch is not None and firing:  # the lifecycle wants all evaluations of a device that fires
+            parts.append(self._history(todo.filter(~_c("near") & _c("device_id").is_in(firing)
+                                                   & ~_c("device_id").is_in(watch)), ctx))  # fmt: skip
+        rows_out = pl.concat([p for p in parts if p.height], how="diagonal_relaxed") if any(
+            p.height for p in parts) else parts[0]  # fmt: skip
+        if rows_out.is_empty():
+            return finish(rows_out, self.spec.id)
+        unit = _c("quantity").replace_strict(SPIKE_QUANTITIES, default="")
+        rows_out = with_message(rows_out, pl.format(
+            "15-min {} {} {} from {}: robust z {} vs the same time of day (median {}), {}x its neighbours",
+            "quantity", _c("observed").round(3), unit, iso_expr("ts_ms"), _c("z").round(1), _c("m").round(3),
+            (_c("observed") / _c("c")).round(1)))  # fmt: skip
+        return finish(merge_per_ts(rows_out), self.spec.id)
+
+    def _history(self, todo: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+        """Evaluation rows (firing or not) of ``todo`` (rows with x, c > 0) that pass the history test's
+        preconditions: ``min_history`` intervals in the window and a same-day-type reference m > 0."""
         if todo.is_empty():
-            return finish(todo, self.spec.id)
+            return pl.DataFrame()
         zones = self._zones(ctx, todo["device_id"])
         offsets = {z: self._offset(z, ctx.now_ms) for z in zones["timezone"].unique().to_list()}
         zones = zones.with_columns(off=_c("timezone").replace_strict(offsets, return_dtype=pl.Int64))
@@ -187,45 +226,30 @@ class Spike:
             _c("off").fill_null(0)
         )
         with np.errstate(invalid="ignore"):
-            stats = self._stats(np.array([self._index[k] for k in keys]), todo)
-        out = todo.with_columns(**{k: pl.Series(v) for k, v in stats.items()}).filter(_c("x").is_not_nan())
+            stats = self._stats(todo)
+        out = todo.with_columns(**{k: pl.Series(v) for k, v in stats.items()})
         thr, f = _c("threshold"), _c("mad_floor")
         z_hist = _K * (_c("x") - _c("m")) / pl.max_horizontal("mad", f * _c("m"))
         z_loc = _K * (_c("x") - _c("c")) / (_c("local_floor") * _c("c"))
-        ok = (_c("count") >= _c("min_history")) & (_c("m") > 0) & (_c("c") > 0)
-        out = out.filter(ok).with_columns(z=z_hist, zl=z_loc)
-        rows = out.select(
+        out = out.filter((_c("count") >= _c("min_history")) & (_c("m") > 0)).with_columns(z=z_hist, zl=z_loc)
+        return out.select(
             *DEVICE, "quantity", "m", "c", "z", ts_ms=_c("i") * IMS, firing=(_c("z") > thr) & (_c("zl") > thr),
             severity=pl.lit(int(Severity.WARNING)), observed=_c("x"),
             threshold=_c("m") + thr * pl.max_horizontal("mad", f * _c("m")) / _K,
         )  # fmt: skip
-        rows = relevant(rows, ctx, self.spec.id)
-        unit = _c("quantity").replace_strict(SPIKE_QUANTITIES, default="")
-        rows = with_message(rows, pl.format(
-            "15-min {} {} {} from {}: robust z {} vs the same time of day (median {}), {}x its neighbours",
-            "quantity", _c("observed").round(3), unit, iso_expr("ts_ms"), _c("z").round(1), _c("m").round(3),
-            (_c("observed") / _c("c")).round(1)))  # fmt: skip
-        return finish(merge_per_ts(rows), self.spec.id)
 
-    def _stats(self, rows: np.ndarray, todo: pl.DataFrame) -> dict[str, np.ndarray]:
-        S = self._slots
+    def _stats(self, todo: pl.DataFrame) -> dict[str, np.ndarray]:
+        h = self._hist
+        rows = todo["_row"].to_numpy()
         i = todo["i"].to_numpy().astype(np.int64)
         off = todo["off"].to_numpy().astype(np.int64)
         days = np.floor(todo["window_days"].to_numpy() * _DAY).astype(np.int64)
         k = (todo["tod_window_minutes"].to_numpy() // 15).astype(np.int64)
-
-        def take(n: np.ndarray) -> np.ndarray:  # values at interval numbers n (m x j), NaN if not stored
-            r = np.broadcast_to(rows[:, None], n.shape)
-            ok = self._stamp[r, n % S] == n
-            return np.where(ok, self._vals[r, n % S], np.nan)
-
-        x = take(i[:, None])[:, 0]
-        c = _median(take(i[:, None] + np.array([-2, -1, 1, 2])))
         kmax = int(k.max()) if len(k) else 0
         d = np.arange(1, int(days.max() // _DAY) + 1 if len(days) else 1)
         o = np.arange(-kmax, kmax + 1)
         ref_n = (i[:, None, None] - _DAY * d[None, :, None] + o[None, None, :]).reshape(len(i), -1)
-        ref = take(ref_n)
+        ref = h.take(rows, ref_n)
         within = (i[:, None] - ref_n <= days[:, None]) & (np.abs(np.tile(o, len(d)))[None, :] <= k[:, None])
         ref = np.where(within, ref, np.nan)
         weekend = ((((ref_n + off[:, None]) // _DAY) + 3) % 7) >= 5
@@ -234,7 +258,6 @@ class Spike:
         enough = np.sum(~np.isnan(same), axis=1) >= 2 * k + 1  # a day's worth of them, else no evaluation
         m = np.where(enough, _median(same), np.nan)
         mad = _median(np.abs(same - m[:, None]))
-        hist = self._stamp[rows]
-        count = np.count_nonzero((hist >= (i - days)[:, None]) & (hist < i[:, None]), axis=1)
-        return {"x": x.astype(np.float64), "c": np.nan_to_num(c, nan=0.0), "m": np.nan_to_num(m, nan=0.0),
-                "mad": np.nan_to_num(mad, nan=0.0), "count": count}  # fmt: skip
+        stamps = h.stamp[rows]
+        count = np.count_nonzero((stamps >= (i - days)[:, None]) & (stamps < i[:, None]), axis=1)
+        return {"m": np.nan_to_num(m, nan=0.0), "mad": np.nan_to_num(mad, nan=0.0), "count": count}
