@@ -392,21 +392,33 @@ class SeriesRing(SeriesIndex):
         if not len(rows):
             return frame.drop("_row"), hi, lo
         starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
-        rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+        sizes = np.diff(np.r_[starts, len(rows)])
+        rank = np.arange(len(rows)) - np.repeat(starts, sizes)
         w = self.width
+        exact = np.ones(len(rows), dtype=bool)
+        if near is not None:  # the sample before each one: in the batch, or the newest kept
+            before = np.r_[np.nan, vals[:-1]]
+            before[starts] = self._vals[rows[starts], (self._pos[rows[starts]] - 1) % w]
+            with np.errstate(invalid="ignore"):
+                exact = ~(np.abs(vals - before) > near)  # NaN (no sample before): the exact way
+            loose = ~np.repeat(np.add.reduceat(exact, starts) > 0, sizes)  # series without an exact sample
+            if loose.any():
+                self._fold_loose(rows[loose], vals[loose], ts[loose], before[loose], rank[loose], need[loose],
+                                 hi, lo, np.flatnonzero(loose))  # fmt: skip
+            exact = ~loose
         uniform = bool((need == w).all())  # every slot is in every window: their order does not matter
-        for r in range(int(rank.max()) + 1):
-            sel = np.flatnonzero(rank == r) if r or rank.any() else np.arange(len(rows))
+        for r in range(int(rank[exact].max()) + 1 if exact.any() else 0):  # round r: the r-th new sample of each
+            sel = np.flatnonzero(exact & (rank == r))
             idx, v = rows[sel], vals[sel]
             h, lw = v.copy(), v.copy()
             with np.errstate(invalid="ignore"):
-                if near is None:
-                    exact = np.ones(len(sel), dtype=bool)
-                else:
+                if near is not None:
                     newest = self._vals[idx, (self._pos[idx] - 1) % w]
-                    exact = ~(np.abs(v - newest) > near[sel])  # NaN (no newest yet): the exact way
-                    h, lw = np.fmax(h, newest), np.fmin(lw, newest)
-                e = np.flatnonzero(exact)
+                    wide = np.abs(v - newest) > near[sel]
+                    h, lw = np.where(wide, np.fmax(h, newest), h), np.where(wide, np.fmin(lw, newest), lw)
+                    e = np.flatnonzero(~wide)
+                else:
+                    e = np.arange(len(sel))
                 if len(e):
                     h[e], lw[e] = self._window(idx[e], v[e], need[sel][e], uniform)
             ok = self._count[idx] >= need[sel]
@@ -416,6 +428,25 @@ class SeriesRing(SeriesIndex):
             self._count[idx] = np.minimum(self._count[idx] + 1, w)
             self._last[idx] = ts[sel]
         return frame.drop("_row"), hi, lo
+
+    def _fold_loose(self, rows: np.ndarray, vals: np.ndarray, ts: np.ndarray, before: np.ndarray, rank: np.ndarray,
+                    need: np.ndarray, hi: np.ndarray, lo: np.ndarray, at: np.ndarray) -> None:  # fmt: skip
+        """All samples of series none of whose samples is within ``tol`` of the one before, at once: each
+        gets the max and min of itself and that one; the ring keeps the last ``width`` of each series."""
+        w = self.width
+        count0, pos0 = self._count[rows], self._pos[rows]
+        ok = count0 + rank >= need  # the count the r-th sample would see: min(count0 + r, w)
+        with np.errstate(invalid="ignore"):
+            hi[at] = np.where(ok, np.fmax(vals, before), np.nan)
+            lo[at] = np.where(ok, np.fmin(vals, before), np.nan)
+        starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+        sizes = np.diff(np.r_[starts, len(rows)])
+        keep = rank >= np.repeat(sizes, sizes) - w  # the last w samples of a series: distinct slots
+        self._vals[rows[keep], (pos0[keep] + rank[keep]) % w] = vals[keep]
+        series = rows[starts]
+        self._pos[series] = (pos0[starts] + sizes) % w
+        self._count[series] = np.minimum(count0[starts] + sizes, w)
+        self._last[series] = ts[starts + sizes - 1]
 
     def _window(self, idx: np.ndarray, v: np.ndarray, need: np.ndarray, uniform: bool) -> tuple[np.ndarray, np.ndarray]:
         """Max and min of ``v`` and the ``need`` newest kept values of each row's series."""

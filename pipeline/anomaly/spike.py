@@ -88,19 +88,34 @@ def _median(a: np.ndarray) -> np.ndarray:
 
 
 class _History(SeriesIndex):
-    """Per series: the window's interval values (float32) and numbers (int32, -1: none) in ring slots,
-    and the newest reading time seen (``_last``, the watermark of completed intervals)."""
+    """Per series: the newest reading time seen (``_last``, the watermark of completed intervals) and,
+    once it has intervals, the window's interval values (float32) and numbers (int32, -1: none) in
+    ring slots (``vals``/``stamp`` rows, ``slot[row]``; -1 while the series has none: series whose
+    readings never complete an interval cost no ring)."""
 
     def __init__(self) -> None:
         self.slots = 8 * _DAY
         self.vals = np.full((0, self.slots), np.nan, dtype=np.float32)
         self.stamp = np.full((0, self.slots), -1, dtype=np.int32)
+        self.slot = np.zeros(0, np.int64)
+        self._used = 0
         super().__init__(_KEYS)
 
     def _grow(self, extra: int) -> None:
         super()._grow(extra)
-        self.vals = np.vstack([self.vals, np.full((extra, self.slots), np.nan, np.float32)])
-        self.stamp = np.vstack([self.stamp, np.full((extra, self.slots), -1, np.int32)])
+        self.slot = np.concatenate([self.slot, np.full(extra, -1, np.int64)])
+
+    def rings(self, rows: np.ndarray) -> np.ndarray:
+        """The ring rows of ``rows``, made for those without one."""
+        new = np.unique(rows[self.slot[rows] < 0])
+        if len(new):
+            self.slot[new] = np.arange(self._used, self._used + len(new))
+            self._used += len(new)
+            if self._used > self.vals.shape[0]:  # grow by doubling: amortised O(1) per series
+                extra = max(self._used, 2 * self.vals.shape[0], 64) - self.vals.shape[0]
+                self.vals = np.vstack([self.vals, np.full((extra, self.slots), np.nan, np.float32)])
+                self.stamp = np.vstack([self.stamp, np.full((extra, self.slots), -1, np.int32)])
+        return self.slot[rows]
 
     def ensure_slots(self, days: float) -> None:
         need = (math.ceil(days) + 1) * _DAY
@@ -125,9 +140,9 @@ class _History(SeriesIndex):
         lo = np.where(prev == _NONE, per["first"].to_numpy(), prev) // IMS
         return per.select(*_KEYS, "site_id", "_row").with_columns(lo=pl.Series(lo), hi=pl.Series(mark // IMS))
 
-    def take(self, rows: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Values at interval numbers ``n`` (one row of numbers per row), NaN where not stored."""
-        r = np.broadcast_to(rows[:, None], n.shape)
+    def take(self, rings: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Values at interval numbers ``n`` (one row of numbers per ring row), NaN where not stored."""
+        r = np.broadcast_to(rings[:, None], n.shape)
         ok = self.stamp[r, n % self.slots] == n
         return np.where(ok, self.vals[r, n % self.slots], np.nan)
 
@@ -174,7 +189,7 @@ class Spike:
         if iv.is_empty():
             return
         h = self._hist
-        rows = iv["_row"].to_numpy()
+        rows = h.rings(iv["_row"].to_numpy())
         n = iv["n"].to_numpy().astype(np.int64)
         x = (iv["measured"] + iv["estimated"]).to_numpy().astype(np.float32)
         x[(iv["flags"].to_numpy() & _SKIP) != 0] = np.nan
@@ -189,7 +204,8 @@ class Spike:
         if todo.is_empty():
             return finish(todo, self.spec.id)
         self._hist.ensure_slots(float(todo["window_days"].max()))  # type: ignore[arg-type]
-        rows, i = todo["_row"].to_numpy(), todo["i"].to_numpy().astype(np.int64)
+        todo = todo.with_columns(_ring=pl.Series(self._hist.slot[todo["_row"].to_numpy()])).filter(_c("_ring") >= 0)
+        rows, i = todo["_ring"].to_numpy(), todo["i"].to_numpy().astype(np.int64)
         x = self._hist.take(rows, i[:, None])[:, 0].astype(np.float64)
         c = np.nan_to_num(_median(self._hist.take(rows, i[:, None] + np.array([-2, -1, 1, 2]))), nan=0.0)
         todo = todo.with_columns(x=pl.Series(x), c=pl.Series(c)).filter(_c("x").is_not_nan() & (_c("c") > 0))
@@ -240,7 +256,7 @@ class Spike:
 
     def _stats(self, todo: pl.DataFrame) -> dict[str, np.ndarray]:
         h = self._hist
-        rows = todo["_row"].to_numpy()
+        rows = todo["_ring"].to_numpy()
         i = todo["i"].to_numpy().astype(np.int64)
         off = todo["off"].to_numpy().astype(np.int64)
         days = np.floor(todo["window_days"].to_numpy() * _DAY).astype(np.int64)

@@ -24,7 +24,7 @@ def _naive(samples: list[tuple[str, int, float]], n: int) -> dict[tuple[str, int
     return out
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 60), st.sampled_from([0.0, 0.2, 1.0, 5.0])),
              min_size=1, max_size=120, unique_by=lambda x: (x[0], x[1])),
