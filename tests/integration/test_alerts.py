@@ -135,11 +135,36 @@ def _meter_series(now: int) -> tuple[Series, dict[str, tuple[str, str]]]:
             level = 400.0 - (fall * min(max(i - at, 0), 8) / 8) + (0.05 if i % 2 else 0.0)
             s.reading(name, start + i * 5 * MIN, {"fuel_level": round(level, 2), "engine_state": 0.0,
                                                    "generator_runtime": 360_000.0})  # fmt: skip
+    # a generator runs for 30 min at `at`: outside its schedule (12 h away) vs within one that covers the day
+    run_hour = (start + at * 5 * MIN) // HOUR % 24
+    for name, schedule in (("run-pos", f"daily {(run_hour + 12) % 24:02d}:00-{(run_hour + 12) % 24:02d}:30"),
+                           ("run-neg", "daily 00:00-24:00")):  # fmt: skip
+        s.register(name, "generator", expected_period_s=300, rated_power_w=50_000.0,
+                   attributes={"run_schedule": schedule})  # fmt: skip
+        for i in range(n):
+            s.reading(name, start + i * 5 * MIN, {"generator_runtime": 360_000.0 + 300.0 * min(max(i - at, 0), 6),
+                                                   "engine_state": 1.0 if at <= i < at + 6 else 0.0})  # fmt: skip
+    # air conditioners, compressor on: return - supply air 3 C (< 5) for 6 samples vs for 4 (5 needed)
+    for name, weak in (("dt-pos", 6), ("dt-neg", 4)):
+        s.register(name, "hvac", expected_period_s=300)
+        for i in range(n):
+            delta = 3.0 if at <= i < at + weak else 10.0
+            s.reading(name, start + i * 5 * MIN, {"hvac_return_air_temp": 24.0, "hvac_supply_air_temp": 24.0 - delta,
+                                                   "hvac_run_state": 1.0, "hvac_mode": 2.0})  # fmt: skip
+    # compressors read every minute for 3 h: 2 min on / 2 min off (15 starts an hour) vs one 20-min run an hour
+    cyc_start = (now - 4 * HOUR) // HOUR * HOUR
+    for name, on in (("cyc-pos", lambda i: i // 2 % 2 == 1), ("cyc-neg", lambda i: 10 <= i % 60 < 30)):
+        s.register(name, "hvac", expected_period_s=60)
+        for i in range(3 * 60):
+            state = 1.0 if on(i) else 0.0
+            s.reading(name, cyc_start + i * MIN, {"hvac_return_air_temp": 24.0, "hvac_supply_air_temp": 14.0,
+                                                  "hvac_run_state": state, "hvac_mode": 2.0})  # fmt: skip
     pairs = {"voltage_out_of_band": ("vob-pos", "vob-neg"), "frequency_out_of_band": ("freq-pos", "freq-neg"),
              "low_power_factor": ("pf-pos", "pf-neg"), "flatline": ("flat-pos", "flat-neg"),
              "implausible_jump": ("jump-pos", "jump-neg"), "negative_delta": ("reset-pos", "reset-neg"),
              "gap": ("gap-pos", "gap-neg"), "spike": ("spike-pos", "spike-neg"),
-             "fuel_drop": ("fuel-pos", "fuel-neg")}  # fmt: skip
+             "fuel_drop": ("fuel-pos", "fuel-neg"), "generator_unexpected_run": ("run-pos", "run-neg"),
+             "hvac_delta_t": ("dt-pos", "dt-neg"), "hvac_short_cycling": ("cyc-pos", "cyc-neg")}  # fmt: skip
     return s, pairs
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.codecs import Encoder, RecordType, SchemaStore
+from pipeline.codecs import Decoder, Encoder, RecordType, SchemaStore
 from pipeline.dlms import Layout, Push, Register, encode_frames
 from tests.conftest import Env
 from tests.support import WorkerProcess, consume_all, header, produce
@@ -145,6 +145,14 @@ def test_encrypted_frames_become_tenant_rows_and_failures_dead_letters(env: Env)
                           ["active_power", 812.0], ["current_l1", 3.54], ["voltage_l1", 229.7]]  # fmt: skip
         ts = worker.query(f"SELECT toUnixTimestamp64Milli(min(ts)) FROM readings WHERE device_id = '{A[0]}'")
         assert ts == [[t]]
+        # clock_invalid through the real pipeline: A's second push has the clock status "doubtful" bit set
+        decode = Decoder(SchemaStore.load())
+
+        def clock_alerts() -> set[tuple[str, str]]:
+            alerts = (decode(m.value())[1] for m in consume_all(env.bootstrap, env.topic("alerts")))
+            return {(a["subject_id"], a["state"]) for a in alerts if a["rule"] == "clock_invalid"}
+
+        assert _eventually(clock_alerts, {(A[0], "raised")}) == {(A[0], "raised")}  # not B: status bits clear
 
         # incomplete_frame: expired by the worker's timer after DLMS_MAX_WAIT_MS, no other frame needed
         expected = {"replayed_frame": 1, "bad_checksum": 1, "decrypt_failed": 1, "auth_failed": 1,
