@@ -474,6 +474,8 @@ class WindowAcc(SeriesIndex):
         self._win = np.zeros(0, np.int64)
         self._width = np.zeros(0, np.int64)
         self._acc = np.zeros((0, len(self.sums)))
+        self._none = pl.DataFrame(schema={**{c: pl.Utf8() for c in self.carry}, "window_ms": pl.Int64(),
+                                          "width_ms": pl.Int64(), **{s: pl.Float64() for s in self.sums}})  # fmt: skip
         super().__init__(keys)
 
     @property
@@ -490,10 +492,9 @@ class WindowAcc(SeriesIndex):
         """Fold ``frame`` (keys, carry, ts_ms, width_ms, sums) in; return the windows now complete:
         carry + ``window_ms`` + ``width_ms`` + sums."""
         frame, rows, _ = self._fresh(frame)
-        out_schema = {**{c: pl.Utf8() for c in self.carry}, "window_ms": pl.Int64(), "width_ms": pl.Int64(),
-                      **{s: pl.Float64() for s in self.sums}}  # fmt: skip
+        out_schema = self._none.schema
         if not len(rows):
-            return pl.DataFrame(schema=out_schema)
+            return self._none.clone()
         frame = frame.with_columns(window_ms=pl.col("ts_ms") // pl.col("width_ms") * pl.col("width_ms"))
         win = frame["window_ms"].to_numpy()
         if np.any((rows[1:] == rows[:-1]) & (win[1:] == win[:-1])):  # several readings in one window
@@ -513,6 +514,11 @@ class WindowAcc(SeriesIndex):
         cont = self._win[r0] == g_win[first]
         acc[np.flatnonzero(first)[cont]] += self._acc[r0[cont]]
         done_prev = (self._win[r0] >= 0) & ~cont
+        rl = g_row[last]
+        if not done_prev.any() and last.all():  # no window completes (most batches): keep, return nothing
+            self._win[rl], self._width[rl], self._acc[rl] = g_win, g_width, acc
+            self._last[rl] = groups["_ts"].to_numpy()
+            return self._none.clone()
         prev = pl.DataFrame({"_row": r0[done_prev], "window_ms": self._win[r0[done_prev]],
                              "width_ms": self._width[r0[done_prev]],
                              **{s: self._acc[r0[done_prev], j] for j, s in enumerate(self.sums)}})  # fmt: skip
@@ -522,7 +528,6 @@ class WindowAcc(SeriesIndex):
         closed = groups.with_columns(*(pl.Series(s, acc[:, j]) for j, s in enumerate(self.sums))).filter(
             ~pl.Series(last)
         )
-        rl = g_row[last]
         self._win[rl], self._width[rl], self._acc[rl] = g_win[last], g_width[last], acc[last]
         self._last[rl] = groups["_ts"].to_numpy()[last]
         cols = [*self.carry, "window_ms", "width_ms", *self.sums]

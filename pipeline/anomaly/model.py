@@ -69,8 +69,11 @@ EVALUATION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+_NO_EVALUATIONS = pl.DataFrame(schema=EVALUATION_SCHEMA)  # built once: a schema'd frame costs ~0.5 ms
+
+
 def empty_evaluations() -> pl.DataFrame:
-    return pl.DataFrame(schema=EVALUATION_SCHEMA)
+    return _NO_EVALUATIONS.clone()
 
 
 def evaluations(frame: pl.DataFrame, **constants: Any) -> pl.DataFrame:
