@@ -61,6 +61,8 @@ def _c(name: str) -> pl.Expr:
 def _wide(readings: pl.DataFrame, codes: tuple[str, ...], required: str) -> pl.DataFrame:
     """One row per (device, ts) with a Float64 column per code (null if absent); rows with ``required``."""
     r = readings.filter(_c("quantity").is_in(codes))
+    if r.is_empty():  # a fleet without such machines: no grouping (its fixed cost is per batch)
+        return r.select(*DEVICE, "ts_ms").with_columns(pl.lit(None, pl.Float64).alias(q) for q in codes)
     aggs = [_c("value").filter(_c("quantity") == q).first().alias(q) for q in codes]
     return r.group_by(*DEVICE, "ts_ms").agg(aggs).filter(_c(required).is_not_null())
 

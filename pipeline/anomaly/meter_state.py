@@ -279,9 +279,8 @@ class SeriesIndex:
     def assign(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` (with the key columns) + ``_row``, the row of its series (new series get new rows)."""
         frame = frame.with_columns(_key=pl.struct(self.keys).hash(seed=7)).join(self._index, on="_key", how="left")
-        new = frame.filter(pl.col("_row").is_null())
-        if new.height:
-            keys = new.select("_key").unique(maintain_order=True)
+        if frame.get_column("_row").null_count():  # new series
+            keys = frame.filter(pl.col("_row").is_null()).select("_key").unique(maintain_order=True)
             start = self._index.height
             self._index = pl.concat([self._index, keys.with_columns(_row=pl.int_range(start, start + keys.height,
                                                                                         dtype=pl.Int64))])  # fmt: skip
