@@ -55,7 +55,7 @@ class _Stage:
         self._policy = policy
         self._registry = registry
         self._stream_ms = 0
-        self.evaluations = 0
+        self.evaluations = 0  # rows handed to the lifecycle (rules leave out those it would ignore)
 
     def _run(self, rules: Sequence[MeterRule | SimRule], batch: MeterBatch | SimBatch, now_ms: int,
              newest_ms: int) -> list[Transition]:  # fmt: skip
