@@ -213,10 +213,10 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
             )
         )
 
+    frames_stored = clickhouse_fetch(db)  # a connection of its own, opened once (stages are rebuilt on rebalance)
+
     def frames_stage() -> Derive | None:
-        return detect_meters(
-            IntervalDeriver(catalogue, registry, clickhouse_fetch(db)) if settings.derive_intervals else None
-        )
+        return detect_meters(IntervalDeriver(catalogue, registry, frames_stored) if settings.derive_intervals else None)
 
     # per-series state is rebuilt when a partition comes back from another worker (worker/ownership.py)
     ownership = Ownership()
@@ -224,6 +224,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
 
     def owned(topic: str, factory: Callable[[], Derive | None]) -> Derive | None:
         return ownership.follow(settings.topic(topic), factory)
+
     runners = {
         "registry.devices": BatchRunner(
             "registry.devices", RegistryProcessor(decoder, registry, pseudonyms), sink, deadletters, metrics
