@@ -43,10 +43,6 @@ class Rebuildable:
         self._stale = threading.Event()
         self.rebuilds = 0
 
-    @property
-    def stage(self) -> Stage:
-        return self._stage
-
     def invalidate(self) -> None:
         self._stale.set()
 
