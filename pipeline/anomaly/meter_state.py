@@ -394,31 +394,29 @@ class SeriesRing(SeriesIndex):
         sizes = np.diff(np.r_[starts, len(rows)])
         rank = np.arange(len(rows)) - np.repeat(starts, sizes)
         w = self.width
-        exact = np.ones(len(rows), dtype=bool)
+        close = np.ones(len(rows), dtype=bool)  # samples whose window must be gathered
+        rounds = close  # samples folded round by round: those of series with a close sample
+        before = None
         if near is not None:  # the sample before each one: in the batch, or the newest kept
             before = np.r_[np.nan, vals[:-1]]
             before[starts] = self._vals[rows[starts], (self._pos[rows[starts]] - 1) % w]
             with np.errstate(invalid="ignore"):
-                exact = ~(np.abs(vals - before) > near)  # NaN (no sample before): the exact way
-            loose = ~np.repeat(np.add.reduceat(exact, starts) > 0, sizes)  # series without an exact sample
-            if loose.any():
+                close = ~(np.abs(vals - before) > near)  # NaN (no sample before): the exact way
+            rounds = np.repeat(np.add.reduceat(close, starts) > 0, sizes)
+            if not rounds.all():
+                loose = ~rounds
                 self._fold_loose(rows[loose], vals[loose], ts[loose], before[loose], rank[loose], need[loose],
                                  hi, lo, np.flatnonzero(loose))  # fmt: skip
-            exact = ~loose
         uniform = bool((need == w).all())  # every slot is in every window: their order does not matter
-        for r in range(int(rank[exact].max()) + 1 if exact.any() else 0):  # round r: the r-th new sample of each
-            sel = np.flatnonzero(exact & (rank == r))
+        for r in range(int(rank[rounds].max()) + 1 if rounds.any() else 0):  # round r: the r-th new sample of each
+            sel = np.flatnonzero(rounds & (rank == r))
             idx, v = rows[sel], vals[sel]
             h, lw = v.copy(), v.copy()
-            with np.errstate(invalid="ignore"):
-                if near is not None:
-                    newest = self._vals[idx, (self._pos[idx] - 1) % w]
-                    wide = np.abs(v - newest) > near[sel]
-                    h, lw = np.where(wide, np.fmax(h, newest), h), np.where(wide, np.fmin(lw, newest), lw)
-                    e = np.flatnonzero(~wide)
-                else:
-                    e = np.arange(len(sel))
-                if len(e):
+            if before is not None:  # a far sample: the pair with the one before it (the ring's newest now)
+                h, lw = np.fmax(h, before[sel]), np.fmin(lw, before[sel])
+            e = np.flatnonzero(close[sel])
+            if len(e):
+                with np.errstate(invalid="ignore"):
                     h[e], lw[e] = self._window(idx[e], v[e], need[sel][e], uniform)
             ok = self._count[idx] >= need[sel]
             hi[sel], lo[sel] = np.where(ok, h, np.nan), np.where(ok, lw, np.nan)
