@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from pipeline.anomaly.quality import Episode, expected_alerts, score
+from pipeline.anomaly.quality import Episode, expected_alerts, late_deliveries, score
 from pipeline.broker import embedded_broker, ensure_topics
 from pipeline.broker.embedded import free_port
 from pipeline.codecs import Decoder, Encoder, SchemaStore
@@ -58,7 +59,8 @@ def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_ten
     with console.status("simulating the fleet…"):
         scenario = build_scenario(config, int(time.time() * 1000), Encoder(SchemaStore.load()))
     pseudonyms = Pseudonymizer(settings.pseudonym_secret)
-    expected = expected_alerts(scenario.truth.faults, lambda t, i: pseudonyms(t, i) or "")
+    expected = expected_alerts(scenario.truth.faults, lambda t, i: pseudonyms(t, i) or "",
+                               start_ms=scenario.truth.start_ms)  # fmt: skip
     sims = [m for m in scenario.telemetry if m.topic == SIM_USAGE_TOPIC]
     meters = [m for m in scenario.telemetry if m.topic != SIM_USAGE_TOPIC]
     counts: dict[str, int] = defaultdict(int)
@@ -80,24 +82,34 @@ def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_ten
             episodes = _episodes(client)
         finally:
             client.stop()
-    scores = score(episodes, expected)
+    gateways = _gateways(scenario.registrations)
+    scores = score(episodes, expected, late_deliveries(scenario.truth.faults, gateways))
     rows = []
     for s in sorted(scores.values(), key=lambda s: (s.injected == 0, s.rule)):
-        if not s.injected and not s.episodes:
+        if not (s.injected or s.episodes or s.warmup or s.late):
             continue
+        aside = ", ".join(x for x in (f"{s.warmup} in warm-up" if s.warmup else "",
+                                       f"{len(s.late)} late uploads" if s.late else "") if x)  # fmt: skip
         rows.append([s.rule, s.injected, s.detected, s.episodes, _fmt(s.recall), _fmt(s.precision),
-                     f"{s.cause_correct}/{s.detected}" if s.rule == "gap" else ""])  # fmt: skip
+                     f"{s.cause_correct}/{s.detected}" if s.rule == "gap" else "", aside])  # fmt: skip
     _table(console, f"Detection quality (seed {seed}, {tenants}x{sites_per_tenant} sites, {days:g} days)",
-           ["rule", "injected", "detected", "episodes", "recall", "precision", "cause right"], rows)  # fmt: skip
+           ["rule", "injected", "detected", "episodes", "recall", "precision", "cause right", "not scored"],
+           rows)  # fmt: skip
+    end = datetime.fromtimestamp(scenario.truth.now_ms / 1000, UTC).isoformat()
     result = {
-        "config": {"seed": seed, "tenants": tenants, "sites_per_tenant": sites_per_tenant, "days": days},
+        "config": {
+            "seed": seed,
+            "tenants": tenants,
+            "sites_per_tenant": sites_per_tenant,
+            "days": days,
+            "end": end,
+        },
         "seconds": round(time.monotonic() - started, 1),
-        "rules": [s.as_dict() for s in scores.values() if s.injected or s.episodes],
+        "rules": [s.as_dict() for s in scores.values() if s.injected or s.episodes or s.warmup or s.late],
         "missed": [vars(x) if hasattr(x, "__dict__") else x.__repr__() for s in scores.values() for x in s.missed],
         "false_positives": [repr(e) for s in scores.values() for e in s.false][:200],
-        "false_positives_near": _near(
-            scenario.truth.faults, [e for s in scores.values() for e in s.false], _gateways(scenario.registrations)
-        ),
+        "late_explained": [repr(e) for s in scores.values() for e in s.late][:200],
+        "false_positives_near": _near(scenario.truth.faults, [e for s in scores.values() for e in s.false], gateways),
     }
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import polars as pl
 
 from pipeline.anomaly import RULES, Policy, Severity, State, evaluations
 from pipeline.anomaly.lifecycle import AlertTracker
-from pipeline.anomaly.quality import Episode, Expected, expected_alerts, score
+from pipeline.anomaly.quality import Episode, Expected, expected_alerts, late_deliveries, score
 from pipeline.anomaly.stage import MeterAlerts
 from pipeline.sinks.alerts import alert_headers, transitions_of
 from pipeline.tenancy import Registry
@@ -73,10 +73,24 @@ def test_scores_per_rule() -> None:
         {"kind": "spike", "device_id": "a", "tenant_id": "t", "iccid": None, "ts": 10 * HOUR, "end_ts": 10 * HOUR},
         {"kind": "spike", "device_id": "b", "tenant_id": "t", "iccid": None, "ts": 10 * HOUR, "end_ts": 10 * HOUR},
         {"kind": "sim_offline", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": HOUR, "end_ts": 3 * HOUR},
-        {"kind": "gap", "device_id": "m1", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": 3 * HOUR,
-         "detail": "no readings for 2 h, cause=connectivity"},
-        {"kind": "gap", "device_id": "m2", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": 3 * HOUR,
-         "detail": "no readings for 2 h, cause=device"},
+        {
+            "kind": "gap",
+            "device_id": "m1",
+            "tenant_id": "t",
+            "iccid": None,
+            "ts": HOUR,
+            "end_ts": 3 * HOUR,
+            "detail": "no readings for 2 h, cause=connectivity",
+        },
+        {
+            "kind": "gap",
+            "device_id": "m2",
+            "tenant_id": "t",
+            "iccid": None,
+            "ts": HOUR,
+            "end_ts": 3 * HOUR,
+            "detail": "no readings for 2 h, cause=device",
+        },
         {"kind": "rollover", "device_id": "c", "tenant_id": "t", "iccid": None, "ts": HOUR, "end_ts": HOUR},
         {"kind": "sim_roaming", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": HOUR, "end_ts": 4 * HOUR},
     ]
@@ -98,3 +112,38 @@ def test_scores_per_rule() -> None:
     assert (s["gap"].recall, s["gap"].precision, s["gap"].cause_correct) == (1.0, 1.0, 1)
     assert s["negative_delta"].recall is None and s["negative_delta"].precision == 0.0
     assert s["sim_roaming"].recall == 0.0 and s["sim_roaming"].precision is None
+
+
+def test_warm_up_faults_and_late_deliveries_are_set_aside_not_scored() -> None:
+    day = 24 * HOUR
+    start = 10 * day + HOUR // 2  # the first hourly SIM record is at 10 d 01:00
+    faults = [
+        # day 12 has two earlier days of data (10 and 11): below min_history_days (3), the rule cannot judge it
+        {"kind": "sim_data_spike", "device_id": None, "tenant_id": "t", "iccid": "I1", "ts": 12 * day + 5 * HOUR,
+         "end_ts": 12 * day + 5 * HOUR},
+        {"kind": "sim_data_spike", "device_id": None, "tenant_id": "t", "iccid": "I2", "ts": 13 * day,
+         "end_ts": 13 * day},
+        # two uploads of gateway g in a row delivered late: m1's readings 11 d 10:05-10:30
+        {"kind": "late", "device_id": "g", "tenant_id": "t", "iccid": None, "ts": 11 * day + 10 * HOUR + 300_000,
+         "end_ts": 11 * day + 10 * HOUR + 900_000},
+        {"kind": "late", "device_id": "g", "tenant_id": "t", "iccid": None, "ts": 11 * day + 10 * HOUR + 1_200_000,
+         "end_ts": 11 * day + 10 * HOUR + 1_800_000},
+    ]  # fmt: skip
+    expected = expected_alerts(faults, lambda t, i: f"p({i})", start_ms=start)
+    assert [x.warmup for x in expected] == [True, False]
+    late = late_deliveries(faults, {"m1": "g", "m2": "g", "m3": "other"})
+    assert set(late) == {"m1", "m2", "g"}
+    episodes = [
+        Episode("sim_data_spike", "p(I2)", 13 * day, 13 * day),
+        Episode("gap", "m1", 11 * day + 10 * HOUR + 300_000, 11 * day + 10 * HOUR + 1_500_000),  # late: aside
+        Episode("gap", "m3", 11 * day + 10 * HOUR + 300_000, 11 * day + 10 * HOUR + 1_500_000),  # other gateway
+        Episode("gap", "m2", 11 * day + 14 * HOUR, 11 * day + 15 * HOUR),  # hours after the late uploads: false
+    ]
+    s = score(episodes, expected, late)
+    spike = s["sim_data_spike"]
+    assert (spike.injected, spike.warmup, spike.detected, spike.recall, spike.precision) == (1, 1, 1, 1.0, 1.0)
+    assert [e.subject_id for e in s["gap"].late] == ["m1"]
+    assert [e.subject_id for e in s["gap"].false] == ["m3", "m2"] and s["gap"].precision == 0.0
+    # without the fleet's start nothing is warm-up, without the late spans every gap episode is scored
+    assert score(episodes, expected_alerts(faults, lambda t, i: f"p({i})"))["sim_data_spike"].recall == 0.5
+    assert score(episodes, expected)["gap"].episodes == 3
