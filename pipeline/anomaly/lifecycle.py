@@ -18,7 +18,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import polars as pl
 
@@ -57,7 +57,9 @@ class Episode:
     attributes: tuple[tuple[str, str], ...] = ()
 
     def dumps(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # not dataclasses.asdict: it deep-copies every field, the most of persisting an alert storm
+        doc = {name: getattr(self, name) for name in _FIELDS}
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, raw: bytes) -> Episode:
@@ -69,6 +71,9 @@ class Episode:
         return Transition(self.alert_id, self.tenant_id, self.subject_id, self.subject_type, self.rule,
                           Severity(self.severity), state, self.site_id, self.first_seen, self.last_seen, self.count,
                           self.observed, self.threshold, self.message, dict(self.attributes))  # fmt: skip
+
+
+_FIELDS = tuple(f.name for f in fields(Episode))
 
 
 class AlertTracker:

@@ -58,31 +58,48 @@ def alert_headers(t: Transition) -> list[tuple[str, bytes]]:
     ]
 
 
+_PLAIN = [(f.name, pa.int64()) if f.type == _TS else (f.name, f.type) for f in ALERTS_SCHEMA]
+_SEVERITY = {str(s): s for s in Severity}
+_STATE = {s.value: s for s in State}
+
+
 def alerts_table(transitions: Iterable[Transition], published_ms: int) -> pa.Table:
-    rows = []
-    for t in transitions:
-        r = t.record()
-        r["site_id"] = t.site_id
-        r["attributes"] = list(t.attributes.items())
-        r["published_at"] = published_ms
-        rows.append(r)
-    return pa.Table.from_pylist(rows, schema=ALERTS_SCHEMA)
+    """``alerts_store`` rows of ``transitions``, built column by column (an alert storm is thousands of
+    them: ten thousand meters silent at once)."""
+    ts = list(transitions)
+    cols = {
+        "alert_id": [t.alert_id for t in ts],
+        "tenant_id": [t.tenant_id for t in ts],
+        "site_id": [t.site_id for t in ts],
+        "subject_id": [t.subject_id for t in ts],
+        "subject_type": [t.subject_type for t in ts],
+        "rule": [t.rule for t in ts],
+        "severity": [str(t.severity) for t in ts],
+        "state": [t.state.value for t in ts],
+        "first_seen": [t.first_seen for t in ts],
+        "last_seen": [t.last_seen for t in ts],
+        "count": [t.count for t in ts],
+        "observed": [t.observed for t in ts],
+        "threshold": [t.threshold for t in ts],
+        "message": [t.message for t in ts],
+        "attributes": [list(t.attributes.items()) for t in ts],
+        "published_at": [published_ms] * len(ts),
+    }
+    plain = pa.table([pa.array(cols[n], type=typ) for n, typ in _PLAIN], names=[n for n, _ in _PLAIN])
+    return plain.cast(ALERTS_SCHEMA)
 
 
 def transitions_of(table: pa.Table) -> list[Transition]:
     """The transitions of ``alerts_store`` rows (what the runner publishes after a batch)."""
-    out = []
-    for r in table.to_pylist():
-        out.append(Transition(
-            r["alert_id"], r["tenant_id"], r["subject_id"], r["subject_type"], r["rule"], Severity.parse(r["severity"]),
-            State(r["state"]), r["site_id"], _epoch_ms(r["first_seen"]), _epoch_ms(r["last_seen"]), r["count"],
-            r["observed"], r["threshold"], r["message"], dict(r["attributes"] or ()),
-        ))  # fmt: skip
-    return out
-
-
-def _epoch_ms(value: object) -> int:
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)  # type: ignore[arg-type]
+    c = {n: table.column(n).cast(typ).to_pylist() for n, typ in _PLAIN if n != "published_at"}
+    return [
+        Transition(a, tn, sub, st, rule, _SEVERITY[sev], _STATE[state], site, first, last, count, obs, thr, msg,
+                   dict(attrs or ()))
+        for a, tn, sub, st, rule, sev, state, site, first, last, count, obs, thr, msg, attrs in zip(
+            c["alert_id"], c["tenant_id"], c["subject_id"], c["subject_type"], c["rule"], c["severity"], c["state"],
+            c["site_id"], c["first_seen"], c["last_seen"], c["count"], c["observed"], c["threshold"], c["message"],
+            c["attributes"], strict=True)
+    ]  # fmt: skip
 
 
 class AlertPublisher:

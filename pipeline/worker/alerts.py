@@ -1,18 +1,25 @@
 """Faust and ClickHouse wiring of the anomaly stage (kept here so that app.py only names it).
 
 * ``alert_state``: a global table of open episodes (raw bytes, like the registry), so a
-  restarted worker neither re-raises nor forgets them; written after a batch is durable.
+  restarted worker neither re-raises nor forgets them; written after a batch is durable,
+  and acknowledged by the broker before the batch's input is. The writes go through a
+  librdkafka producer, not Faust's ``send_changelog``: when ten thousand meters fall silent
+  at once, every batch changes ten thousand episodes, and Faust's per-message path cost
+  seconds of the event loop where librdkafka takes milliseconds.
 * the publisher of the ``alerts`` topic, shared by every runner;
 * gap attribution from the stored usage of the meter's SIM.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+from confluent_kafka import KafkaError, Producer
 
 from pipeline.anomaly import Policy
 from pipeline.anomaly.attribution import attribute_gap
@@ -26,7 +33,50 @@ from pipeline.sinks.alerts import AlertPublisher
 from pipeline.storage import Database
 from pipeline.tenancy import Pseudonymizer, Registry
 
-__all__ = ["AlertWiring", "build_alerts"]
+log = logging.getLogger(__name__)
+
+__all__ = ["AlertWiring", "ChangelogWriter", "build_alerts"]
+
+
+class ChangelogWriter:
+    """Writes of a Faust global table (raw bytes) straight to its changelog topic; ``flush`` waits
+    until the broker acknowledged them (Faust reads them back into the table on every worker)."""
+
+    def __init__(self, table: Any, partitions: int, producer: Producer) -> None:
+        self._table = table
+        self._topic = table.changelog_topic_name
+        self._partitions = partitions
+        self._producer = producer
+        self._pending = 0
+        self.failed = 0
+
+    def write(self, key: str, value: bytes | None) -> None:
+        k = key.encode()
+        if value is None:
+            self._table.data.pop(k, None)
+        else:
+            self._table.data[k] = value
+        while True:
+            try:
+                self._producer.produce(self._topic, key=k, value=value, partition=zlib.crc32(k) % self._partitions,
+                                       on_delivery=self._on_delivery)  # fmt: skip
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._producer.poll(0.1)
+        self._pending += 1
+
+    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self.failed += 1
+            log.error("alert state write to %s failed: %s (a restart may forget or re-raise that episode)",
+                      self._topic, err)  # fmt: skip
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        if self._pending:
+            self._pending = 0
+            left = await asyncio.to_thread(self._producer.flush, timeout)
+            if left:
+                log.error("%d alert state writes to %s not acknowledged within %.0fs", left, self._topic, timeout)
 
 
 @dataclass
@@ -36,6 +86,12 @@ class AlertWiring:
     policy: Policy
     registry: Registry
     attribute: Attribute
+    state: ChangelogWriter
+
+    async def persist(self) -> None:
+        """After a batch is durable: the changed episodes to ``alert_state``, acknowledged."""
+        self.tracker.persist()
+        await self.state.flush()
 
     def meters(self, derive: Derive | None) -> MeterAlerts:
         """A new meter stage (one per agent: rules keep per-device state of their own topic)."""
@@ -46,20 +102,11 @@ class AlertWiring:
         return SimAlerts(sim_rules(), self.tracker, self.policy, self.registry)
 
 
-def _state_table(app: Any, partitions: int) -> tuple[Any, Any]:
+def _state_table(app: Any, partitions: int, producer: Producer) -> tuple[Any, ChangelogWriter]:
     from pipeline.worker.app import TableStore
 
     table = app.GlobalTable("alert_state", partitions=partitions, key_type=bytes, value_type=bytes)
-
-    def write(key: str, value: bytes | None) -> None:
-        k = key.encode()
-        if value is None:
-            table.data.pop(k, None)
-        else:
-            table.data[k] = value
-        table.send_changelog(zlib.crc32(k) % partitions, k, value, key_serializer="raw", value_serializer="raw")
-
-    return TableStore(table), write
+    return TableStore(table), ChangelogWriter(table, partitions, producer)
 
 
 def clickhouse_attribute(db: Database, pseudonyms: Pseudonymizer) -> Attribute:
@@ -85,8 +132,10 @@ def clickhouse_attribute(db: Database, pseudonyms: Pseudonymizer) -> Attribute:
 def build_alerts(app: Any, settings: Settings, bootstrap: str, db: Database, registry: Registry,
                  pseudonyms: Pseudonymizer, encoder: Encoder) -> AlertWiring:  # fmt: skip
     policy = Policy.load(settings.alert_policy_file)  # ConfigError at start for a bad file
-    store, write = _state_table(app, settings.topic_partitions)
-    tracker = AlertTracker(policy, store, write)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
+                         **settings.kafka_client_config()})  # fmt: skip
+    store, state = _state_table(app, settings.topic_partitions, producer)
+    tracker = AlertTracker(policy, store, state.write)
     publisher = AlertPublisher.create(bootstrap, settings.topic("alerts"), encoder,
                                       client_config=settings.kafka_client_config())  # fmt: skip
-    return AlertWiring(tracker, publisher, policy, registry, clickhouse_attribute(db, pseudonyms))
+    return AlertWiring(tracker, publisher, policy, registry, clickhouse_attribute(db, pseudonyms), state)

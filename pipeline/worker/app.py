@@ -202,7 +202,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
     def detect_meters(derive: Derive | None) -> Derive | None:
         return alerts.meters(derive) if alerts is not None else derive
 
-    out = {"alerts": alerts.publisher, "on_durable": alerts.tracker.persist} if alerts is not None else {}
+    out = {"alerts": alerts.publisher, "on_durable": alerts.persist} if alerts is not None else {}
     stored = clickhouse_fetch(db)  # stored readings for intervals and fuel: one reader, both run in one thread
 
     def readings_stage() -> Derive | None:

@@ -222,9 +222,7 @@ class BatchFeed:
                     continue
                 committed = consumer._committed_offset[tp]
                 index = consumer._acked_index[tp]
-                offsets = [
-                    r.offset for r in chunk.records if (committed is None or r.offset >= committed)
-                ]
+                offsets = [r.offset for r in chunk.records if (committed is None or r.offset >= committed)]
                 offsets = [o for o in offsets if o not in index] if index else offsets
                 if offsets:
                     index.update(offsets)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -46,7 +46,7 @@ class BatchRunner:
         *,
         clock: Callable[[], float] = time.time,
         alerts: AlertPublisher | None = None,
-        on_durable: Callable[[], object] | None = None,
+        on_durable: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         self.name = name
         self._alerts = alerts  # publishes a batch's alerts_store rows on the alerts topic before the ack
@@ -119,8 +119,8 @@ class BatchRunner:
             self._dl.add(Rejected(Reason.SINK_REJECTED, str(exc)[:500], m) for m in messages)
             await self._dl.flush()
             await self._sink.flush()
-        if self._on_durable is not None:
-            self._on_durable()
+        if self._on_durable is not None and (done := self._on_durable()) is not None:
+            await done
         self.processed_messages += len(messages)
         self._consumed.inc(len(messages))
         self._accepted.inc(result.accepted)

@@ -147,3 +147,20 @@ def test_warm_up_faults_and_late_deliveries_are_set_aside_not_scored() -> None:
     # without the fleet's start nothing is warm-up, without the late spans every gap episode is scored
     assert score(episodes, expected_alerts(faults, lambda t, i: f"p({i})"))["sim_data_spike"].recall == 0.5
     assert score(episodes, expected)["gap"].episodes == 3
+
+
+def test_alerts_store_rows_give_back_the_transitions_they_were_built_from() -> None:
+    from pipeline.anomaly.model import Transition
+    from pipeline.sinks.alerts import ALERTS_SCHEMA, alerts_table
+
+    made = [
+        Transition(f"id{i}", "t1", f"m{i}", "device", "gap", sev, state, f"s{i % 2}" if i % 3 else "",
+                   1_794_000_000_000 + i, 1_794_000_060_000 + i, i + 1, None if i % 2 else 0.5 * i,
+                   None if i % 4 == 1 else 2.0, f"message {i}", {"cause": "device"} if i % 2 else {})
+        for i, (sev, state) in enumerate((s, st) for s in Severity for st in State)
+    ]  # fmt: skip
+    table = alerts_table(made, 1_795_000_000_000)
+    assert table.schema == ALERTS_SCHEMA and table.num_rows == len(made) == 9
+    assert table.column("published_at").to_pylist()[0].year == 2026  # a UTC timestamp, not a bare number
+    assert transitions_of(table) == made
+    assert transitions_of(alerts_table([], 0)) == []
