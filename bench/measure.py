@@ -193,7 +193,14 @@ def _latency(
         "SELECT toUnixTimestamp64Milli(ingested_at) - toUnixTimestamp64Milli(ts) AS lat FROM readings_store "
         f"WHERE src_topic = '{topic}' AND ts >= fromUnixTimestamp64Milli(toInt64({t0_ms}), 'UTC'))"
     )[0]
+    # alert transitions published during the phase: resuming after the 10-min catch-up hole, every
+    # device raises a gap and clears it a few readings later (an alert storm the worker must absorb)
+    storm = worker.query(
+        "SELECT concat(rule, ' ', state), count() FROM alerts_store "
+        f"WHERE published_at >= fromUnixTimestamp64Milli(toInt64({t0_ms}), 'UTC') GROUP BY 1 ORDER BY 1"
+    )
     return {
+        "alert_transitions": {str(k): int(n) for k, n in storm},
         "offered_readings_per_s": readings_per_s,
         "offered_messages_per_s": msg_rate,
         "seconds": cfg.latency_seconds,
@@ -260,7 +267,10 @@ def run_shape(bench: Bench, shape: W.Shape) -> dict[str, Any]:
         tp = _throughput(bench, dep, worker, shape, polls)
         _log(f"{shape.name}: {tp['readings_per_s']:,.0f} readings/s end to end")
         lat = _latency(bench, dep, worker, shape, polls, tp["readings_per_s"] / 2, tp["encode_readings_per_s"])
-        _log(f"{shape.name}: p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms")
+        _log(
+            f"{shape.name}: p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms; alert transitions meanwhile: "
+            f"{lat['alert_transitions'] or 'none'}"
+        )
         peak = worker.peak_rss_mb()
         deadletters = int(worker.scalar("SELECT count() FROM deadletter_store"))
     finally:
@@ -301,9 +311,7 @@ def run_rss(bench: Bench) -> dict[str, Any]:
         first, _ = W.produce_all(bench.bootstrap, dep.topic(READINGS), msgs)
         completed = True
         try:  # time-boxed, so that the whole run stays within its budget
-            done = worker.wait_for(
-                "rss", lambda: worker.processed(READINGS) >= before + len(msgs), cfg.rss_seconds
-            )
+            done = worker.wait_for("rss", lambda: worker.processed(READINGS) >= before + len(msgs), cfg.rss_seconds)
         except TimeoutError:
             completed, done = False, time.time()
             _log(f"rss: not all processed within {cfg.rss_seconds:.0f}s; peak RSS so far is reported")
@@ -371,9 +379,7 @@ def run_scaling(bench: Bench, single: dict[str, Any] | None) -> dict[str, Any]:
         bcpu0 = bench.broker_cpu()
         first, _ = W.produce_all(bench.bootstrap, topic, msgs)
         expected = sum(before) + len(msgs)
-        done = workers[0].wait_for(
-            "scaling", lambda: sum(w.processed(READINGS) for w in workers) >= expected, 600
-        )
+        done = workers[0].wait_for("scaling", lambda: sum(w.processed(READINGS) for w in workers) >= expected, 600)
         seconds = done - first
         cpu = [(w.cpu_seconds() - c) / seconds for w, c in zip(workers, cpu0, strict=True)]
         readings = cfg.devices * cfg.scaling_polls
@@ -407,9 +413,10 @@ def run_scaling(bench: Bench, single: dict[str, Any] | None) -> dict[str, Any]:
 
 def run_all(cfg: Config, *, progress: Callable[[str], None] = _log) -> dict[str, Any]:
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="telemetry-bench-") as tmp, EmbeddedBroker(
-        log_path=Path(tmp) / "broker.log"
-    ) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="telemetry-bench-") as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker,
+    ):
         bench = Bench(cfg, broker, Path(tmp))
         results: dict[str, Any] = {"config": asdict(cfg)}
         for shape in (W.SINGLES, W.BATCHES):
