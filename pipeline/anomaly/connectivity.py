@@ -50,7 +50,11 @@ class Gap:
                                    "upload": (pl.Float64(), _upload_period)})  # fmt: skip
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        times = batch.readings.select(*DEVICE, "ts_ms").unique(["device_id", "ts_ms"], keep="any")
+        times = batch.readings.select(*DEVICE, "ts_ms")
+        # a reading's channels are adjacent rows: drop those first (cheap), then unique over ~1/8 of the rows
+        times = times.filter((_c("device_id") != _c("device_id").shift()) | (_c("ts_ms") != _c("ts_ms").shift())
+                             | _c("ts_ms").shift().is_null())  # fmt: skip
+        times = times.unique(["device_id", "ts_ms"], keep="any")
         if times.is_empty():
             return finish(times, self.spec.id)
         pairs = self._last.step(times).rename({"prev_ts": "prev"})

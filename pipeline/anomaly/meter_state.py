@@ -124,10 +124,10 @@ class DeviceAttrs:
 
     def __call__(self, ctx: Context, device_ids: pl.Series) -> pl.DataFrame:
         """device_id + attributes of (at least) the registered devices among ``device_ids``: join it."""
-        ids = device_ids.unique().to_frame("device_id")
+        ids = device_ids.to_frame("device_id")  # repeated ids are fine for the anti-join (unique is dearer)
         stale = self._cache.height and int(self._cache["_at"].min()) <= ctx.now_ms - self.max_age_ms  # type: ignore[arg-type]
         fresh = self._cache.filter(pl.col("_at") > ctx.now_ms - self.max_age_ms) if stale else self._cache
-        need = ids.join(fresh, on="device_id", how="anti")["device_id"].to_list()
+        need = list(dict.fromkeys(ids.join(fresh, on="device_id", how="anti")["device_id"].to_list()))
         if need:
             regs = ctx.registry.lookup_many(need)
             data: dict[str, list[Any]] = {"device_id": list(regs)}
@@ -502,17 +502,20 @@ class WindowAcc(SeriesIndex):
         if not len(rows):
             return self._none.clone()
         frame = frame.with_columns(window_ms=pl.col("ts_ms") // pl.col("width_ms") * pl.col("width_ms"))
-        win = frame["window_ms"].to_numpy()
-        if np.any((rows[1:] == rows[:-1]) & (win[1:] == win[:-1])):  # several readings in one window
-            groups = (frame.group_by("_row", "window_ms", "width_ms", maintain_order=True)
-                      .agg(*(pl.col(s).sum() for s in self.sums), *(pl.col(c).first() for c in self.carry),
-                           _ts=pl.col("ts_ms").max()))  # fmt: skip
-        else:  # the usual streaming batch: one reading per series
-            groups = frame.select("_row", "window_ms", "width_ms", *self.sums, *self.carry, _ts="ts_ms")
+        win, width = frame["window_ms"].to_numpy(), frame["width_ms"].to_numpy()
+        acc = frame.select(self.sums).to_numpy().astype(np.float64)
+        # rows are in series and time order, so a (series, window) group is a run of adjacent rows
+        start = np.r_[True, (rows[1:] != rows[:-1]) | (win[1:] != win[:-1]) | (width[1:] != width[:-1])]
+        if not start.all():  # several readings in one window: sum each run, carry its first row's keys
+            at = np.flatnonzero(start)
+            acc = np.add.reduceat(acc, at, axis=0)
+            newest = frame["ts_ms"].to_numpy()[np.r_[at[1:], len(rows)] - 1]
+            groups = frame[at].select("_row", "window_ms", "width_ms", *self.carry).with_columns(_ts=pl.Series(newest))
+        else:  # one reading per series and window
+            groups = frame.select("_row", "window_ms", "width_ms", *self.carry, _ts="ts_ms")
         g_row = groups["_row"].to_numpy()
         g_win = groups["window_ms"].to_numpy()
         g_width = groups["width_ms"].to_numpy()
-        acc = groups.select(self.sums).to_numpy().astype(np.float64)
         first = np.r_[True, g_row[1:] != g_row[:-1]]
         last = np.r_[g_row[1:] != g_row[:-1], True]
         # the kept open window of a series continues into the batch's first window, or is complete

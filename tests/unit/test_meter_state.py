@@ -7,7 +7,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.anomaly.meter_state import SeriesRing
+from pipeline.anomaly.meter_state import SeriesRing, WindowAcc
 
 TOL = 0.5
 
@@ -52,3 +52,35 @@ def test_ring_windows_equal_a_recomputation_over_the_whole_series(samples, n, si
             assert got[key][0] - got[key][1] > TOL  # known not stuck
         else:
             assert got[key] == (h, lw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 80), st.integers(0, 9)), min_size=1, max_size=150,
+             unique_by=lambda x: (x[0], x[1])),
+    st.integers(1, 50), st.booleans(),
+)  # fmt: skip
+def test_window_sums_equal_a_recomputation_over_the_whole_series(samples, size, shuffled) -> None:
+    """Every window of 10 ms is returned once, complete (a later reading of its series in a later window
+    was seen), with the sum and count of its readings; batches are cut at random, and with ``shuffled``
+    a batch's rows come in any order (series interleaved, time ascending within a series). Every batch is
+    delivered twice; the second time adds nothing."""
+    samples = sorted(samples, key=lambda x: x[1])
+    acc = WindowAcc(["s"], ["v", "n"], ["s"])
+    got = []
+    for i in range(0, len(samples), size):
+        part = samples[i : i + size]
+        if shuffled:
+            part = sorted(part, key=lambda x: ("cab".index(x[0]), x[1]))
+        frame = pl.DataFrame(part, schema={"s": pl.Utf8, "ts_ms": pl.Int64, "v": pl.Float64}, orient="row")
+        frame = frame.with_columns(width_ms=pl.lit(10, pl.Int64), n=pl.lit(1.0))
+        got.extend(acc.add(frame).select("s", "window_ms", "v", "n").iter_rows())
+        assert acc.add(frame).is_empty()  # delivered again: nothing is newer than what was seen
+    want = []
+    for s in "abc":
+        mine = [(t, v) for x, t, v in samples if x == s]
+        windows = sorted({t // 10 * 10 for t, _ in mine})
+        for w in windows[:-1]:  # the newest window of a series is still open
+            vals = [v for t, v in mine if t // 10 * 10 == w]
+            want.append((s, w, float(sum(vals)), float(len(vals))))
+    assert sorted(got) == sorted(want)
