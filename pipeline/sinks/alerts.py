@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 from confluent_kafka import KafkaError, Producer
@@ -59,6 +60,8 @@ def alert_headers(t: Transition) -> list[tuple[str, bytes]]:
 
 
 _PLAIN = [(f.name, pa.int64()) if f.type == _TS else (f.name, f.type) for f in ALERTS_SCHEMA]
+_AS_IS = ("alert_id", "tenant_id", "site_id", "subject_id", "subject_type", "rule", "first_seen", "last_seen",
+          "count", "observed", "threshold", "message")  # fmt: skip
 _SEVERITY = {str(s): s for s in Severity}
 _STATE = {s.value: s for s in State}
 
@@ -67,24 +70,11 @@ def alerts_table(transitions: Iterable[Transition], published_ms: int) -> pa.Tab
     """``alerts_store`` rows of ``transitions``, built column by column (an alert storm is thousands of
     them: ten thousand meters silent at once)."""
     ts = list(transitions)
-    cols = {
-        "alert_id": [t.alert_id for t in ts],
-        "tenant_id": [t.tenant_id for t in ts],
-        "site_id": [t.site_id for t in ts],
-        "subject_id": [t.subject_id for t in ts],
-        "subject_type": [t.subject_type for t in ts],
-        "rule": [t.rule for t in ts],
-        "severity": [str(t.severity) for t in ts],
-        "state": [t.state.value for t in ts],
-        "first_seen": [t.first_seen for t in ts],
-        "last_seen": [t.last_seen for t in ts],
-        "count": [t.count for t in ts],
-        "observed": [t.observed for t in ts],
-        "threshold": [t.threshold for t in ts],
-        "message": [t.message for t in ts],
-        "attributes": [list(t.attributes.items()) for t in ts],
-        "published_at": [published_ms] * len(ts),
-    }
+    cols: dict[str, list[Any]] = {n: [getattr(t, n) for t in ts] for n in _AS_IS}
+    cols["severity"] = [str(t.severity) for t in ts]
+    cols["state"] = [t.state.value for t in ts]
+    cols["attributes"] = [list(t.attributes.items()) for t in ts]
+    cols["published_at"] = [published_ms] * len(ts)
     plain = pa.table([pa.array(cols[n], type=typ) for n, typ in _PLAIN], names=[n for n, _ in _PLAIN])
     return plain.cast(ALERTS_SCHEMA)
 
