@@ -1,7 +1,8 @@
-"""Where processed batches go: ClickHouse (Arrow inserts) and the dead-letter topic."""
+"""Where processed batches go: ClickHouse (Arrow inserts), and Kafka topics through an acknowledged outbox."""
 
 from pipeline.sinks.base import BatchingSink, SinkBatch
 from pipeline.sinks.clickhouse import ClickHouseSink
 from pipeline.sinks.deadletter import DeadLetterSink, deadletter_headers
+from pipeline.sinks.outbox import Outbox
 
-__all__ = ["BatchingSink", "ClickHouseSink", "DeadLetterSink", "SinkBatch", "deadletter_headers"]
+__all__ = ["BatchingSink", "ClickHouseSink", "DeadLetterSink", "Outbox", "SinkBatch", "deadletter_headers"]

@@ -10,18 +10,15 @@ so the worker acknowledges its input only after the alerts are out (at-least-onc
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 
 from pipeline.anomaly.model import Severity, State, Transition
 from pipeline.codecs import Encoder, RecordType
-
-log = logging.getLogger(__name__)
+from pipeline.sinks.outbox import Outbox
 
 __all__ = ["ALERTS_SCHEMA", "AlertPublisher", "alert_headers", "alerts_table", "transitions_of"]
 
@@ -96,11 +93,8 @@ class AlertPublisher:
     """Produce transitions; ``flush`` waits until all are acknowledged (re-sends on failure)."""
 
     def __init__(self, producer: Producer, topic: str, encoder: Encoder) -> None:
-        self._producer = producer
-        self._topic = topic
         self._encode = encoder
-        self._errors: list[KafkaError] = []
-        self._outbox: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        self._outbox = Outbox(producer, topic, "alert")
         self.published = 0
 
     @classmethod
@@ -122,38 +116,9 @@ class AlertPublisher:
     def add(self, transitions: Iterable[Transition]) -> int:
         n = 0
         for t in transitions:
-            message = (t.key.encode(), self._encode(RecordType.ALERT, t.record()), alert_headers(t))
-            self._outbox.append(message)
-            self._produce(*message)
+            self._outbox.send(t.key.encode(), self._encode(RecordType.ALERT, t.record()), alert_headers(t))
             n += 1
         return n
 
-    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            self._errors.append(err)
-
-    def _produce(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        while True:
-            try:
-                self._producer.produce(self._topic, value=value, key=key, headers=headers,
-                                       on_delivery=self._on_delivery)  # fmt: skip
-                return
-            except BufferError:
-                self._producer.poll(0.1)
-
     async def flush(self, *, max_backoff: float = 30.0) -> None:
-        delay = 0.5
-        while self._outbox:
-            remaining = await asyncio.to_thread(self._producer.flush, 30.0)
-            if not remaining and not self._errors:
-                self.published += len(self._outbox)
-                self._outbox.clear()
-                return
-            errors, self._errors = self._errors, []
-            log.warning("alert delivery incomplete (%d pending, %d errors: %s); re-sending in %.1fs",
-                        remaining, len(errors), errors[:1], delay)  # fmt: skip
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_backoff)
-            self._errors.clear()
-            for message in self._outbox:
-                self._produce(*message)
+        self.published += await self._outbox.flush(max_backoff=max_backoff)

@@ -8,19 +8,16 @@ Replaying a dead-letter message to its source topic re-processes it.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 
 from pipeline.envelope import Rejected
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import BatchingSink
-
-log = logging.getLogger(__name__)
+from pipeline.sinks.outbox import Outbox
 
 DEADLETTER_SCHEMA = pa.schema(
     [
@@ -61,13 +58,11 @@ class DeadLetterSink:
     def __init__(
         self, producer: Producer, topic: str, table_sink: BatchingSink, *, metrics: Metrics | None = None
     ) -> None:
-        self._producer = producer
         self._topic = topic
         self._table_sink = table_sink
         self._metrics = metrics
-        self._errors: list[KafkaError] = []
         # messages of the current batch, kept until the broker acknowledged all of them
-        self._outbox: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self._outbox = Outbox(producer, topic, "dead-letter")
 
     @classmethod
     def create(
@@ -91,19 +86,13 @@ class DeadLetterSink:
         )
         return cls(producer, topic, table_sink, metrics=metrics)
 
-    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            self._errors.append(err)
-
     def add(self, rejects: Iterable[Rejected]) -> int:
         now_ms = int(time.time() * 1000)
         cols: dict[str, list] = {f.name: [] for f in DEADLETTER_SCHEMA}
         counts: dict[tuple[str, str], int] = {}
         for r in rejects:
             value = r.payload if r.payload is not None else r.original.value
-            message = (r.original.key, value, deadletter_headers(r, now_ms))
-            self._outbox.append(message)
-            self._produce(*message)
+            self._outbox.send(r.original.key, value, deadletter_headers(r, now_ms))
             cols["tenant_id"].append(r.tenant_id)
             cols["reason"].append(r.reason.value)
             cols["detail"].append(r.detail[:1000])
@@ -124,40 +113,10 @@ class DeadLetterSink:
                     self._metrics.rejected.labels(topic, reason).inc(c)
         return n
 
-    def _produce(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    self._topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
-                )
-                return
-            except BufferError:
-                self._producer.poll(0.1)  # local queue full: wait for deliveries (back-pressure)
-
     async def flush(self, *, max_backoff: float = 30.0) -> None:
         """Wait until every dead letter of this batch is acknowledged; re-send on failure.
 
         Never drops: a delivery error re-produces the whole outbox (the topic is
         at-least-once; the ClickHouse summary de-duplicates by source position).
         """
-        delay = 0.5
-        while self._outbox:
-            remaining = await asyncio.to_thread(self._producer.flush, 30.0)
-            if not remaining and not self._errors:
-                self._outbox.clear()
-                return
-            errors, self._errors = self._errors, []
-            log.warning(
-                "dead-letter delivery incomplete (%d pending, %d errors: %s); re-sending in %.1fs",
-                remaining,
-                len(errors),
-                errors[:1],
-                delay,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_backoff)
-            if remaining:
-                await asyncio.to_thread(self._producer.flush, 30.0)
-            self._errors.clear()
-            for message in self._outbox:
-                self._produce(*message)
+        await self._outbox.flush(max_backoff=max_backoff)

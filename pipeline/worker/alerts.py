@@ -5,21 +5,20 @@
   and acknowledged by the broker before the batch's input is. The writes go through a
   librdkafka producer, not Faust's ``send_changelog``: when ten thousand meters fall silent
   at once, every batch changes ten thousand episodes, and Faust's per-message path cost
-  seconds of the event loop where librdkafka takes milliseconds.
+  seconds of the event loop where librdkafka takes milliseconds. Like the alerts and the
+  dead letters, they go through an :class:`~pipeline.sinks.outbox.Outbox`.
 * the publisher of the ``alerts`` topic, shared by every runner;
 * gap attribution from the stored usage of the meter's SIM.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 
 from pipeline.anomaly import Policy
 from pipeline.anomaly.attribution import attribute_gap
@@ -30,25 +29,22 @@ from pipeline.anomaly.stage import Attribute, Derive, MeterAlerts, SimAlerts
 from pipeline.codecs import Encoder
 from pipeline.settings import Settings
 from pipeline.sinks.alerts import AlertPublisher
+from pipeline.sinks.outbox import Outbox
 from pipeline.storage import Database
 from pipeline.tenancy import Pseudonymizer, Registry
-
-log = logging.getLogger(__name__)
 
 __all__ = ["AlertWiring", "ChangelogWriter", "build_alerts"]
 
 
 class ChangelogWriter:
     """Writes of a Faust global table (raw bytes) straight to its changelog topic; ``flush`` waits
-    until the broker acknowledged them (Faust reads them back into the table on every worker)."""
+    until the broker acknowledged them, re-sending on failure (Faust reads them back into the
+    table on every worker)."""
 
     def __init__(self, table: Any, partitions: int, producer: Producer) -> None:
         self._table = table
-        self._topic = table.changelog_topic_name
         self._partitions = partitions
-        self._producer = producer
-        self._pending = 0
-        self.failed = 0
+        self._outbox = Outbox(producer, table.changelog_topic_name, "alert state")
 
     def write(self, key: str, value: bytes | None) -> None:
         k = key.encode()
@@ -56,27 +52,10 @@ class ChangelogWriter:
             self._table.data.pop(k, None)
         else:
             self._table.data[k] = value
-        while True:
-            try:
-                self._producer.produce(self._topic, key=k, value=value, partition=zlib.crc32(k) % self._partitions,
-                                       on_delivery=self._on_delivery)  # fmt: skip
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.1)
-        self._pending += 1
+        self._outbox.send(k, value, partition=zlib.crc32(k) % self._partitions)
 
-    def _on_delivery(self, err: KafkaError | None, _msg: object) -> None:
-        if err is not None:
-            self.failed += 1
-            log.error("alert state write to %s failed: %s (a restart may forget or re-raise that episode)",
-                      self._topic, err)  # fmt: skip
-
-    async def flush(self, timeout: float = 30.0) -> None:
-        if self._pending:
-            self._pending = 0
-            left = await asyncio.to_thread(self._producer.flush, timeout)
-            if left:
-                log.error("%d alert state writes to %s not acknowledged within %.0fs", left, self._topic, timeout)
+    async def flush(self) -> None:
+        await self._outbox.flush()
 
 
 @dataclass
