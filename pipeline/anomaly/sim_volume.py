@@ -163,13 +163,15 @@ class SimDataSpike:
                 .filter((pl.col("n") >= pl.col("min_history_days")) & (pl.col("mad") > 0)))  # fmt: skip
         x = pl.col("bytes").cast(pl.Float64)
         z = 0.6745 * (x - pl.col("median")) / pl.col("mad")
+        # rounded to the cent of a byte: polars' kernels may differ in the last bit with the frame's
+        # length, and the level must not depend on how the records were batched
         level = pl.col("median") + pl.max_horizontal(
             pl.col("floor_bytes").cast(pl.Float64), pl.col("threshold") * pl.col("mad") / 0.6745
         )
         return cand.select(
             *KEY, "site_id", pl.col("day_ms").alias("ts_ms"),
             ((z > pl.col("threshold")) & (x - pl.col("median") > pl.col("floor_bytes"))).alias("firing"),
-            x.alias("observed"), level.alias("threshold"),
+            x.alias("observed"), level.round(2).alias("threshold"),
             pl.format("{} MB on {} (robust z {}, median {} MB over {} days)", (x / _MB).round(2),
                       pl.from_epoch("day_ms", time_unit="ms").dt.date(), z.round(1), (pl.col("median") / _MB).round(2),
                       "n").alias("message"),
