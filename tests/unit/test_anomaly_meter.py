@@ -185,6 +185,25 @@ def test_spike_needs_a_reference_of_the_same_day_type() -> None:
         assert firing(ev, "m")["ts_ms"].to_list() == ([at // (15 * MIN) * (15 * MIN)] if evaluated_monday else [])
 
 
+def test_spike_needs_an_excess_that_matters_against_the_devices_level() -> None:
+    """A solar site imports next to nothing around noon: a few Wh there are 9x the neighbouring intervals
+    and far above the same time of day, but no spike of the device's consumption (``level_floor``: the
+    excess must be material against the median of all its intervals). Without the floor it fires."""
+    at = MON + 2 * 86_400_000 + 12 * HOUR + 10 * MIN
+    rng = random.Random(7)
+    ts, vals, e = every(MON, 3 * 288), [], 1e6
+    for t in ts:
+        h = (t % 86_400_000) / HOUR
+        load = 40.0 * (1.5 + math.sin(2 * math.pi * h / 24)) * (1 + rng.gauss(0, 0.03))
+        e += 5.0 if t == at else (0.2 * (1 + rng.gauss(0, 0.3)) if 10 <= h < 14 else load)
+        vals.append(round(e, 1))
+    frames, reg = [rows("pv", "active_energy_import", ts, vals)], registry({"subject_id": "pv"})
+    ev = run(Spike(), frames, reg)
+    assert firing(ev, "pv").is_empty() and evaluated(ev, "pv").height > 90
+    no_floor = run(Spike(), frames, reg, policy=Policy({"spike": {"level_floor": 0.0}}))
+    assert firing(no_floor, "pv")["ts_ms"].to_list() == [at // (15 * MIN) * (15 * MIN)]
+
+
 def test_flatline() -> None:
     ts = every(MON, 40)
     rng = random.Random(3)
