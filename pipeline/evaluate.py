@@ -29,14 +29,17 @@ from pipeline.tenancy import Pseudonymizer
 __all__ = ["run_evaluation"]
 
 
-def _gateways(registrations: list[Any]) -> dict[str, str]:
+def _devices(registrations: list[Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Device id -> gateway id, device id -> timezone, from the fleet's registrations."""
     decode = Decoder(SchemaStore.load())
-    out = {}
+    gateways, zones = {}, {}
     for m in registrations:
         _, r = decode(m.value)
         if r.get("gateway_id"):
-            out[r["subject_id"]] = r["gateway_id"]
-    return out
+            gateways[r["subject_id"]] = r["gateway_id"]
+        if r.get("timezone"):
+            zones[r["subject_id"]] = r["timezone"]
+    return gateways, zones
 
 
 def _episodes(client: Any) -> list[Episode]:
@@ -59,8 +62,9 @@ def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_ten
     with console.status("simulating the fleet…"):
         scenario = build_scenario(config, int(time.time() * 1000), Encoder(SchemaStore.load()))
     pseudonyms = Pseudonymizer(settings.pseudonym_secret)
+    gateways, zones = _devices(scenario.registrations)
     expected = expected_alerts(scenario.truth.faults, lambda t, i: pseudonyms(t, i) or "",
-                               start_ms=scenario.truth.start_ms)  # fmt: skip
+                               start_ms=scenario.truth.start_ms, timezones=zones)  # fmt: skip
     sims = [m for m in scenario.telemetry if m.topic == SIM_USAGE_TOPIC]
     meters = [m for m in scenario.telemetry if m.topic != SIM_USAGE_TOPIC]
     counts: dict[str, int] = defaultdict(int)
@@ -82,7 +86,6 @@ def run_evaluation(settings: Settings, *, seed: int, tenants: int, sites_per_ten
             episodes = _episodes(client)
         finally:
             client.stop()
-    gateways = _gateways(scenario.registrations)
     scores = score(episodes, expected, late_deliveries(scenario.truth.faults, gateways))
     rows = []
     for s in sorted(scores.values(), key=lambda s: (s.injected == 0, s.rule)):

@@ -10,8 +10,11 @@ whose attributed cause matches the injected one (device silent vs SIM offline).
 Two things are reported but not scored either way:
 
 * **warm-up faults**: a ``sim_data_spike`` on a day with fewer than ``min_history_days``
-  days of the SIM's data before it. The rule, by its definition, does not judge such a day,
-  so it cannot count against recall (an episode that matches one still counts as true);
+  days of the SIM's data before it; a ``spike`` in an interval with less than a day of the
+  device's data before it, or no earlier day of the same type (weekday / weekend,
+  site-local) within ``window_days``. The rules, by their definitions, do not judge such
+  intervals, so they cannot count against recall (an episode that matches one still counts
+  as true);
 * **late deliveries**: a ``gap`` episode of a device whose missed readings were delivered
   late (a ``late`` upload of the device or its gateway overlaps the episode). In arrival
   order the device really was silent for longer than the limit when two uploads in a row
@@ -23,7 +26,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pipeline.anomaly.catalogue import RULES
 
@@ -31,6 +36,7 @@ __all__ = ["Episode", "Expected", "RuleScore", "expected_alerts", "late_deliveri
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
+INTERVAL = 900_000
 # ground-truth fault kind -> rule that should detect it (rollover: counted as consumption, no alert)
 FAULT_RULE = {"spike": "spike", "flatline": "flatline", "gap": "gap",
               "voltage_out_of_band": "voltage_out_of_band", "low_power_factor": "low_power_factor",
@@ -87,24 +93,47 @@ class RuleScore:
                 "late_explained": len(self.late)}  # fmt: skip
 
 
-def _warmup(rule: str, ts: int, start_ms: int | None) -> bool:
-    """A daily SIM volume compared with fewer than ``min_history_days`` earlier days of data (default
-    parameters; the first hourly record is the first full hour of the fleet)."""
-    if rule != "sim_data_spike" or start_ms is None:
+def _weekend(ts: int, tz: ZoneInfo) -> bool:
+    return datetime.fromtimestamp(ts / 1000, UTC).astimezone(tz).weekday() >= 5
+
+
+def _warmup(rule: str, ts: int, start_ms: int | None, timezone: str = "UTC") -> bool:
+    """Default parameters. ``sim_data_spike``: a daily SIM volume compared with fewer than ``min_history_days``
+    earlier days of data (the first hourly record is the first full hour of the fleet). ``spike``: the
+    interval of the reading at ``ts`` has less than a day of data before it, or no earlier day of its type
+    within the window whose same time of day (± ``tod_window_minutes``) has data."""
+    if start_ms is None:
         return False
-    first_day = -(-start_ms // HOUR) * HOUR // DAY
-    return ts // DAY - first_day < int(RULES[rule].params["min_history_days"])  # type: ignore[call-overload]
+    p = RULES[rule].params
+    if rule == "sim_data_spike":
+        first_day = -(-start_ms // HOUR) * HOUR // DAY
+        return ts // DAY - first_day < int(p["min_history_days"])  # type: ignore[call-overload]
+    if rule != "spike":
+        return False
+    start = (ts - 1) // INTERVAL * INTERVAL  # the interval that the reading's consumption falls in
+    if start - start_ms < DAY:
+        return True
+    tz, reach = ZoneInfo(timezone), int(p["tod_window_minutes"]) * 60_000  # type: ignore[call-overload]
+    days = range(1, int(p["window_days"]) + 1)  # type: ignore[call-overload]
+    return not any(start - d * DAY - reach >= start_ms and _weekend(start - d * DAY, tz) == _weekend(start, tz)
+                   for d in days)  # fmt: skip
 
 
-def expected_alerts(faults: Iterable[Mapping[str, Any]], sim_subject: Callable[[str, str], str], *,
-                    start_ms: int | None = None) -> list[Expected]:  # fmt: skip
+def expected_alerts(
+    faults: Iterable[Mapping[str, Any]],
+    sim_subject: Callable[[str, str], str],
+    *,
+    start_ms: int | None = None,
+    timezones: Mapping[str, str] | None = None,
+) -> list[Expected]:
     """What the rules should raise for the ground truth's faults.
 
     ``sim_subject(tenant, iccid)`` is the SIM's pseudonym (the alert subject). The truth lists
     one ``gap`` per silent device with its cause in the detail (``cause=device`` for a silent
     meter, ``cause=connectivity`` for every device behind an offline SIM); ``sim_offline``
     itself is the SIM side of the latter and no alert of its own. With the fleet's
-    ``start_ms``, faults in a rule's warm-up are marked (``Expected.warmup``).
+    ``start_ms``, faults in a rule's warm-up are marked (``Expected.warmup``); ``timezones`` (device id ->
+    IANA zone, default UTC) gives a meter's day type.
     """
     out = []
     for f in faults:
@@ -118,7 +147,8 @@ def expected_alerts(faults: Iterable[Mapping[str, Any]], sim_subject: Callable[[
             cause = "connectivity" if "cause=connectivity" in str(f.get("detail")) else "device"
             out.append(Expected(rule, f["device_id"], f["ts"], f["end_ts"], cause))
         else:
-            out.append(Expected(rule, f["device_id"], f["ts"], f["end_ts"]))
+            warm = _warmup(rule, f["ts"], start_ms, (timezones or {}).get(f["device_id"], "UTC"))
+            out.append(Expected(rule, f["device_id"], f["ts"], f["end_ts"], warmup=warm))
     return out
 
 

@@ -149,6 +149,28 @@ def test_warm_up_faults_and_late_deliveries_are_set_aside_not_scored() -> None:
     assert score(episodes, expected)["gap"].episodes == 3
 
 
+def test_spike_faults_without_a_same_type_reference_day_are_warm_up() -> None:
+    day = 24 * HOUR  # epoch day 10 is a Sunday, 11 a Monday, 12 a Tuesday
+
+    def spike(device: str, ts: int) -> dict[str, object]:
+        return {"kind": "spike", "device_id": device, "tenant_id": "t", "iccid": None, "ts": ts, "end_ts": ts}
+
+    faults = [
+        spike("e1", 10 * day + 20 * HOUR),  # less than a day of data before it
+        spike("e2", 11 * day + 12 * HOUR),  # the first weekday: its only earlier day is a Sunday
+        spike("e3", 12 * day + 12 * HOUR),  # Monday is its reference
+        spike("e4", 12 * day + 3 * HOUR),  # UTC: Monday 02:45 is its reference
+        spike("e5", 12 * day + 3 * HOUR),  # Los Angeles (UTC-8): Monday 18:45 local, its day before a Sunday
+    ]
+    zones = {"e5": "America/Los_Angeles"}
+    expected = expected_alerts(faults, lambda t, i: "", start_ms=10 * day, timezones=zones)
+    assert [x.warmup for x in expected] == [True, True, False, False, True]
+    # data from 11 d 02:30: Monday's 02:45 less 30 min (the same time of day +-30 min) is before it
+    late = expected_alerts(faults, lambda t, i: "", start_ms=11 * day + 2 * HOUR + HOUR // 2, timezones=zones)
+    assert [x.warmup for x in late] == [True, True, False, True, True]
+    assert not any(x.warmup for x in expected_alerts(faults, lambda t, i: ""))  # no start given: all scored
+
+
 def test_alerts_store_rows_give_back_the_transitions_they_were_built_from() -> None:
     from pipeline.anomaly.model import Transition
     from pipeline.sinks.alerts import ALERTS_SCHEMA, alerts_table
