@@ -126,7 +126,9 @@ def _meter_series(now: int) -> tuple[Series, dict[str, tuple[str, str]]]:
         msgs = tmp.messages["meter.readings"]
         s.messages.setdefault("meter.readings", []).extend(msgs[:at] + msgs[at + hole :])
 
-    spike_start, spike_n, spike_at = now - 60 * HOUR, 60 * 12, 60 * 12 - 60
+    # a week: whatever the weekday, the spike's day has an earlier day of its type (weekday or weekend) to be
+    # compared with (60 h, as before, left Mondays and Saturdays without one: the rule then does not judge)
+    spike_start, spike_n, spike_at = now - 7 * 24 * HOUR, 7 * 24 * 12, 7 * 24 * 12 - 60
     electricity(s, "spike-pos", spike_start, spike_n, tweak=jump(900.0, spike_at))  # a 5-min delta x10, plausible
     electricity(s, "spike-neg", spike_start, spike_n, tweak=jump(50.0, spike_at))  # x1.5
     for name, fall in (("fuel-pos", 12.0), ("fuel-neg", 1.0)):  # level falls while the engine is stopped
