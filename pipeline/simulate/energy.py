@@ -7,7 +7,9 @@ of a day is the sum over consecutive samples (t0, t1) with t0 in that UTC day of
 register's increase: across a rollover the wrap is undone with the ceiling; across a
 reset the register restarted from 0, so the step advanced by its new value, which the
 interval rules by design do not count (meters.md rule 3): that part is ``uncounted``.
-Samples are aligned to the reading period, so no pair crosses midnight.
+Samples are aligned to the reading period, so no pair crosses midnight. A register sample
+the pipeline refuses at either end of the series (the last poll out of range, say) has no
+accepted neighbour beyond it, so the steps out to it are never measured: they are left out.
 
 A day's measured consumption must equal ``advance - uncounted`` unless
 
@@ -74,13 +76,16 @@ def daily_advance(series: Iterable[RegisterSeries], rejected: set[tuple[str, str
         u = _unwrapped(s)
         parts: dict[int, list[float]] = defaultdict(list)
         uncounted: dict[int, float] = defaultdict(float)
-        for j in range(1, len(u)):
+        refused = {t for (dev, q, t) in rejected if dev == s.device_id and q == s.quantity}
+        kept = [j for j, t in enumerate(s.ts) if t not in refused]
+        if len(kept) < 2:
+            continue
+        for j in range(kept[0] + 1, kept[-1] + 1):
             d0 = s.ts[j - 1] // DAY_MS
             parts[d0].append(u[j] - u[j - 1])
             if s.fault == "reset" and s.ts[j] == s.fault_ts:
                 uncounted[d0] += s.values[j]
         silent = {t for t, ok in zip(s.ts, s.sent, strict=True) if not ok}
-        refused = {t for (dev, q, t) in rejected if dev == s.device_id and q == s.quantity}
         for d0, p in sorted(parts.items()):
             lo, hi = d0 * DAY_MS, (d0 + 1) * DAY_MS
             rows.append({

@@ -90,7 +90,9 @@ def _assert_daily_truth(daily: pl.DataFrame, truth: GroundTruth) -> None:
     expected = pl.DataFrame(truth.consumption).with_columns(want=pl.col("advance") - pl.col("uncounted"))
     got = expected.join(daily, on=["device_id", "quantity", "day"], how="left")
     exact = got.filter(~pl.col("gap") & ~pl.col("split"))
-    assert exact.height > 40 and exact["measured"].null_count() == 0
+    registers = ["device_id", "quantity"]  # most registers have a day no gap or split touches
+    assert exact.select(registers).n_unique() * 2 > got.select(registers).n_unique()
+    assert exact["measured"].null_count() == 0
     off = exact.filter((pl.col("measured") - pl.col("want")).abs() > 1e-6 * pl.col("want").abs() + 1e-9)
     assert off.is_empty(), f"measured != truth:\n{off}"
     assert (exact["estimated"] == 0).all()
@@ -100,9 +102,9 @@ def _assert_daily_truth(daily: pl.DataFrame, truth: GroundTruth) -> None:
     off = total.filter((pl.col("total") - pl.col("want")).abs() > 1e-6 * pl.col("want").abs() + 1e-9)
     assert off.is_empty(), f"total != truth:\n{off}"
     for f in truth.faults:
-        if f["kind"] in ("rollover", "reset"):  # the day of the fault is exact: the wrap was counted
+        if f["kind"] in ("rollover", "reset"):  # compared on its day (or, if a gap or split touches it, in the total)
             day = datetime.fromtimestamp((f["ts"] - 1) / 1000, UTC).date().isoformat()  # day of the pair
-            row = exact.filter((pl.col("device_id") == f["device_id"]) & (pl.col("day") == day))
+            row = got.filter((pl.col("device_id") == f["device_id"]) & (pl.col("day") == day))
             assert row.height == 1, f"{f['kind']} of {f['device_id']} on {day} not compared"
             assert (row["uncounted"] > 0).all() == (f["kind"] == "reset")
 

@@ -41,3 +41,11 @@ def test_gap_and_split_days_are_marked() -> None:
         (False, True),
     ]
     assert sum(r["advance"] for r in daily_advance([_series([1.0, 2.5, 3.0, 4.0])], set())) == pytest.approx(3.0)  # type: ignore[misc]
+
+
+def test_a_refused_sample_at_either_end_leaves_its_step_unmeasured() -> None:
+    s = _series([1.0, 2.0, 4.0, 7.0, 11.0])  # 22:00, 23:00 on day 0; 00:00, 01:00, 02:00 on day 1
+    whole = [("2024-10-04", 1.0 + 2.0, 0.0, False, False), ("2024-10-05", 3.0 + 4.0, 0.0, False, False)]
+    assert _days(daily_advance([s], {("d", "q", s.ts[3])})) == whole  # inside: its neighbours span it
+    assert _days(daily_advance([s], {("d", "q", s.ts[-1])})) == [whole[0], ("2024-10-05", 3.0, 0.0, False, False)]
+    assert _days(daily_advance([s], {("d", "q", s.ts[0])})) == [("2024-10-04", 2.0, 0.0, False, False), whole[1]]
