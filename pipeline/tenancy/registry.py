@@ -9,6 +9,7 @@ cache, so that lookups on the hot path are dict hits.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,28 @@ class Registration:
     expected_period_s: int | None = None
     tank_capacity_l: float | None = None
     register_ceilings: dict[str, float] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # non-null fields only
+
+
+_SHORT = 48  # strings up to this long are interned: tenant, site, kind, timezone repeat across devices
+
+
+def compact(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without its null fields, its short strings interned.
+
+    Every registration of a fleet is kept parsed (100,000 of them in the bench's memory run),
+    and a decoded Avro record carries all ~28 schema fields, most of them null: dropping
+    those and sharing the repeated strings takes a parsed registration from about 2.1 to
+    1.3 KB. ``record.get(name)`` reads the same.
+    """
+    return {k: sys.intern(v) if isinstance(v, str) and len(v) <= _SHORT else v
+            for k, v in record.items() if v is not None}  # fmt: skip
 
 
 def parse_registration(record: dict[str, Any]) -> Registration:
-    """Build a Registration from a decoded DeviceRegistration record (Avro or JSON dict)."""
+    """Build a Registration from a decoded DeviceRegistration record (Avro or JSON dict); its
+    ``record`` is the :func:`compact` copy."""
+    record = compact(record)
     return Registration(
         subject_id=str(record["subject_id"]),
         subject_type=str(record.get("subject_type") or "device"),

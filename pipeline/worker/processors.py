@@ -204,7 +204,7 @@ class RegistryProcessor:
         is_sim = record.get("subject_type") == "sim"
         sim_id = self._pseudonyms(tenant, record.get("sim_iccid") or (record["subject_id"] if is_sim else None))
         subject = sim_id if is_sim else str(record["subject_id"])
-        attrs = {k: v for k, v in record.items() if k not in ("sim_iccid",)}
+        attrs = {k: v for k, v in record.items() if k != "sim_iccid" and v is not None}  # as the registry keeps it
         attrs["subject_id"] = subject
         if sim_id:
             attrs["sim_id"] = sim_id

@@ -115,3 +115,20 @@ def test_registry_processor_pseudonymises_sims_and_unregisters_on_tombstones(reg
     assert "8991101200003204514" not in json.dumps(rows, default=str)  # the ICCID is pseudonymised
     assert registry.get("m1") is None and registry.get("8991101200003204514") is not None
     assert [r.reason for r in result.rejects] == [Reason.SCHEMA_MISMATCH]
+
+
+def test_a_registration_is_kept_without_its_null_fields_and_its_row_reads_the_same_on_delete() -> None:
+    registry = Registry()
+    proc = RegistryProcessor(Decoder(STORE), registry, Pseudonymizer(SecretStr("s")))
+    meter = {"subject_id": "m9", "subject_type": "device", "kind": "electricity_meter", "tenant_id": "acme",
+             "site_id": "s1", "updated_at": NOW}
+    put = _msg(ENC(RecordType.DEVICE_REGISTRATION, meter), 1, key=b"m9", topic="t.registry.devices")
+    [row] = proc([put], NOW).tables["device_registry_store"].to_pylist()
+    kept = registry.get("m9")
+    assert kept is not None and kept.record["site_id"] == "s1" and kept.record.get("rated_power_w") is None
+    assert None not in kept.record.values() and "rated_power_w" not in kept.record  # the decoded record had all fields
+    other = registry.put({**meter, "subject_id": "m10"})
+    assert kept.record["tenant_id"] is other.record["tenant_id"]  # repeated short strings are shared
+    tombstone = _msg(None, 2, key=b"m9", topic="t.registry.devices")
+    [gone] = proc([tombstone], NOW).tables["device_registry_store"].to_pylist()
+    assert json.loads(gone["attributes"]) == json.loads(row["attributes"]) and gone["deleted"] == 1
