@@ -7,8 +7,9 @@ state carried between batches. The state kept here is bounded per series:
   windows of N samples over a few series: generators, HVAC units);
 * :class:`Watermarks` – the newest event time seen per series, as a polars frame;
 * :class:`SeriesLast`, :class:`SeriesRing`, :class:`WindowAcc` – per-series numpy arrays
-  (previous reading; last N values; sums of the open time window), found through a polars
-  join on a 64-bit hash of the series key: the hot-path state of rules that see every meter.
+  (previous reading; last N values; sums of the open time window), found through a 64-bit
+  hash of the series key in :class:`KeyRows` (hash tables kept between batches): the
+  hot-path state of rules that see every meter.
 
 Rules assume a device's readings arrive roughly in event-time order; a reading older than
 the series' newest is ignored by the rules that need order (the lifecycle ignores
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import polars as pl
 
 from pipeline.anomaly.catalogue import COMMON_PARAMS, RULES
@@ -34,6 +36,7 @@ from pipeline.tenancy.registry import Registration
 __all__ = [
     "DEVICE",
     "DeviceAttrs",
+    "KeyRows",
     "SeriesIndex",
     "SeriesLast",
     "SeriesRing",
@@ -259,37 +262,72 @@ class Watermarks:
         return out
 
 
+class KeyRows:
+    """64-bit series keys → row numbers (0, 1, … in first-seen order), in hash tables kept between batches.
+
+    A polars join against a frame of every known key rebuilt that frame's hash table on every
+    call: per batch, every rule with series state paid for the whole fleet (with 100,000 meters,
+    ~30 ms a lookup even for a batch of 500 readings). pandas keeps an Index's hash table until
+    the Index changes, so a lookup costs the batch, not the fleet. New keys go to a small second
+    table, merged into the main one when it reaches an eighth of it: a trickle of new series
+    does not rebuild the large table every batch.
+    """
+
+    def __init__(self, merge_at: int = 4096) -> None:
+        self._main = pd.Index(np.zeros(0, np.uint64))
+        self._new = pd.Index(np.zeros(0, np.uint64))
+        self._merge_at = merge_at  # the small table is merged when larger than this and an eighth of the main one
+
+    def __len__(self) -> int:
+        return len(self._main) + len(self._new)
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """The row of every key (int64); keys not seen before get the next rows, in order of first sight."""
+        rows = self._main.get_indexer(keys).astype(np.int64, copy=False)
+        miss = rows < 0
+        if not miss.any():
+            return rows
+        if len(self._new):
+            extra = self._new.get_indexer(keys[miss])
+            rows[miss] = np.where(extra >= 0, extra + len(self._main), -1)
+            miss = rows < 0
+            if not miss.any():
+                return rows
+        unseen = pd.unique(keys[miss])
+        start = len(self)
+        self._new = self._new.append(pd.Index(unseen))
+        rows[miss] = start + pd.Index(unseen).get_indexer(keys[miss])
+        if len(self._new) > max(len(self._main) // 8, self._merge_at):
+            self._main, self._new = self._main.append(self._new), pd.Index(np.zeros(0, np.uint64))
+        return rows
+
+
 class SeriesIndex:
-    """Stable row numbers of series (a 64-bit hash of the key columns, joined in polars), with
-    numpy arrays per series that grow with it. Subclasses declare their arrays in ``_grow``."""
+    """Stable row numbers of series (a 64-bit hash of the key columns, looked up in :class:`KeyRows`),
+    with numpy arrays per series that grow with it. Subclasses declare their arrays in ``_grow``."""
 
     def __init__(self, keys: Sequence[str]) -> None:
         self.keys = list(keys)
-        self._index = pl.DataFrame(schema={"_key": pl.UInt64(), "_row": pl.Int64()})
+        self._index = KeyRows()
         self._capacity = 0
         self._last = np.zeros(0, np.int64)  # newest ts per series
 
     @property
     def series(self) -> int:
-        return self._index.height
+        return len(self._index)
 
     def _grow(self, extra: int) -> None:
         self._last = np.concatenate([self._last, np.full(extra, np.iinfo(np.int64).min)])
 
     def assign(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` (with the key columns) + ``_row``, the row of its series (new series get new rows)."""
-        frame = frame.with_columns(_key=pl.struct(self.keys).hash(seed=7)).join(self._index, on="_key", how="left")
-        if frame.get_column("_row").null_count():  # new series
-            keys = frame.filter(pl.col("_row").is_null()).select("_key").unique(maintain_order=True)
-            start = self._index.height
-            self._index = pl.concat([self._index, keys.with_columns(_row=pl.int_range(start, start + keys.height,
-                                                                                        dtype=pl.Int64))])  # fmt: skip
-            if self._index.height > self._capacity:  # grow by a quarter: doubling left ~40% of a fleet's rows idle
-                extra = max(self._index.height - self._capacity, self._capacity // 4, 64)
-                self._grow(extra)
-                self._capacity += extra
-            frame = frame.drop("_row").join(self._index, on="_key", how="left")
-        return frame.drop("_key")
+        keys = frame.select(pl.struct(self.keys).hash(seed=7)).to_series().to_numpy()
+        rows = self._index.rows(keys)
+        if len(self._index) > self._capacity:  # grow by a quarter: doubling left ~40% of a fleet's rows idle
+            extra = max(len(self._index) - self._capacity, self._capacity // 4, 64)
+            self._grow(extra)
+            self._capacity += extra
+        return frame.with_columns(_row=pl.Series(rows, dtype=pl.Int64))
 
     def _rows(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` + ``_row``, sorted by series and time (new series get new rows)."""

@@ -7,7 +7,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.anomaly.meter_state import SeriesRing, WindowAcc
+from pipeline.anomaly.meter_state import KeyRows, SeriesRing, WindowAcc
 
 TOL = 0.5
 
@@ -84,3 +84,16 @@ def test_window_sums_equal_a_recomputation_over_the_whole_series(samples, size, 
             vals = [v for t, v in mine if t // 10 * 10 == w]
             want.append((s, w, float(sum(vals)), float(len(vals))))
     assert sorted(got) == sorted(want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 300), max_size=60), min_size=1, max_size=12), st.sampled_from([4, 16, 4096]))
+def test_key_rows_number_keys_in_order_of_first_sight_across_batches(batches: list[list[int]], merge_at: int) -> None:
+    """Rows are those of a dict filled in first-seen order, across the small table's merges into the main one."""
+    index, want = KeyRows(merge_at), {}
+    for batch in batches:
+        keys = np.array(batch, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # spread like hashes
+        got = index.rows(keys)
+        for k in keys.tolist():
+            want.setdefault(k, len(want))
+        assert got.tolist() == [want[k] for k in keys.tolist()] and len(index) == len(want)
