@@ -71,24 +71,27 @@ def batches(
 
 
 def _processor(registry: Registry, alerts: bool, settings: Settings) -> ReadingsProcessor:
-    """The readings processor as ``build_worker`` wires it with the defaults (no ClickHouse behind it)."""
+    """The readings processor as ``build_worker`` wires it from ``settings`` (no ClickHouse behind it, no gap
+    attribution: the bench's meters have no SIM)."""
     catalogue = load_catalogue()
-    derive = compose(IntervalDeriver(catalogue, registry, _nothing_stored),
-                     FuelDeriver(catalogue, registry, _nothing_stored))  # fmt: skip
+    derive = compose(
+        IntervalDeriver(catalogue, registry, _nothing_stored) if settings.derive_intervals else None,
+        FuelDeriver(catalogue, registry, _nothing_stored) if settings.derive_fuel else None,
+    )
     if alerts:
         policy = Policy()
         derive = MeterAlerts(meter_rules(), AlertTracker(policy), policy, registry, derive=derive)
     validator = ReadingValidator(catalogue, lateness_ms=settings.lateness_ms,
                                  future_tolerance_ms=settings.future_tolerance_ms)  # fmt: skip
-    return ReadingsProcessor(Decoder(SchemaStore.load()), validator, registry, DuplicateFilter(), derive)
+    duplicates = DuplicateFilter(settings.duplicate_cache_rows)
+    return ReadingsProcessor(Decoder(SchemaStore.load()), validator, registry, duplicates, derive)
 
 
-def compare(shape: W.Shape, devices: int, polls: int, rounds: int, warmup: int = 2,
+def compare(settings: Settings, shape: W.Shape, devices: int, polls: int, rounds: int, warmup: int = 2,
             max_messages: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Seconds per configuration (the best of ``rounds``, excluding the first ``warmup`` batches, which
     create every series) and the rows each wrote; the two must write the same readings.
     ``max_messages``: messages per batch (default: the worker's ``BATCH_MAX_MESSAGES``)."""
-    settings = Settings()
     now = int(time.time() * 1000) // W.POLL_MS * W.POLL_MS
     base = now - (polls + 1) * W.POLL_MS
     writer = W.AvroWriter()
@@ -135,9 +138,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args()
+    settings = Settings()  # the worker's settings from the environment, e.g. DERIVE_FUEL=false
     report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": []}
     for shape, polls in ((W.SINGLES, full.single_polls), (W.BATCHES, full.batch_polls)):
-        r = compare(shape, args.devices, args.polls or polls, args.rounds)
+        r = compare(settings, shape, args.devices, args.polls or polls, args.rounds)
         report["runs"].append(r)
         cpu, wall = r["cpu_seconds"], r["wall_seconds"]
         print(f"{shape.name:8s} {r['timed_batches']:3d} batches, alerts off / on: CPU {cpu['alerts_off']:.2f} / "
