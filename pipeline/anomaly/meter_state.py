@@ -293,10 +293,9 @@ class KeyRows:
             miss = rows < 0
             if not miss.any():
                 return rows
-        unseen = pd.unique(keys[miss])
-        start = len(self)
-        self._new = self._new.append(pd.Index(unseen))
-        rows[miss] = start + pd.Index(unseen).get_indexer(keys[miss])
+        unseen = pd.Index(pd.unique(keys[miss]))
+        rows[miss] = len(self) + unseen.get_indexer(keys[miss])
+        self._new = self._new.append(unseen)
         if len(self._new) > max(len(self._main) // 8, self._merge_at):
             self._main, self._new = self._main.append(self._new), pd.Index(np.zeros(0, np.uint64))
         return rows
