@@ -37,11 +37,9 @@ from pipeline.codecs import Decoder, SchemaStore
 from pipeline.envelope import RawMessage
 from pipeline.settings import Settings
 from pipeline.tenancy import Registry
-from pipeline.validation import DuplicateFilter, ReadingValidator
 from pipeline.worker.app import BATCH_MAX_BYTES
-from pipeline.worker.derive import IntervalDeriver
-from pipeline.worker.fuel import FuelDeriver
-from pipeline.worker.processors import ReadingsProcessor, compose
+from pipeline.worker.processors import ReadingsProcessor
+from pipeline.worker.wiring import meter_derive, readings_processor
 
 __all__ = ["batches", "compare"]
 
@@ -74,17 +72,12 @@ def _processor(registry: Registry, alerts: bool, settings: Settings) -> Readings
     """The readings processor as ``build_worker`` wires it from ``settings`` (no ClickHouse behind it, no gap
     attribution: the bench's meters have no SIM)."""
     catalogue = load_catalogue()
-    derive = compose(
-        IntervalDeriver(catalogue, registry, _nothing_stored) if settings.derive_intervals else None,
-        FuelDeriver(catalogue, registry, _nothing_stored) if settings.derive_fuel else None,
-    )
+    derive = meter_derive(settings, catalogue, registry, _nothing_stored)
     if alerts:
         policy = Policy()
         derive = MeterAlerts(meter_rules(), AlertTracker(policy), policy, registry, derive=derive)
-    validator = ReadingValidator(catalogue, lateness_ms=settings.lateness_ms,
-                                 future_tolerance_ms=settings.future_tolerance_ms)  # fmt: skip
-    duplicates = DuplicateFilter(settings.duplicate_cache_rows)
-    return ReadingsProcessor(Decoder(SchemaStore.load()), validator, registry, duplicates, derive)
+    decoder = Decoder(SchemaStore.load(), max_bytes=settings.max_message_bytes)
+    return readings_processor(settings, catalogue, registry, decoder, derive)
 
 
 def compare(settings: Settings, shape: W.Shape, devices: int, polls: int, rounds: int, warmup: int = 2,

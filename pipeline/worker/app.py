@@ -36,10 +36,10 @@ from pipeline.worker.frames import (
     load_keys,
     replay_counters_table,
 )
-from pipeline.worker.fuel import FuelDeriver
 from pipeline.worker.ownership import Ownership
-from pipeline.worker.processors import Derive, ReadingsProcessor, RegistryProcessor, SimUsageProcessor, compose
+from pipeline.worker.processors import Derive, RegistryProcessor, SimUsageProcessor
 from pipeline.worker.runner import BatchRunner
+from pipeline.worker.wiring import meter_derive, readings_processor
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
     stored = clickhouse_fetch(db)  # stored readings for intervals and fuel: one reader, both run in one thread
 
     def readings_stage() -> Derive | None:
-        return detect_meters(
-            compose(
-                IntervalDeriver(catalogue, registry, stored) if settings.derive_intervals else None,
-                FuelDeriver(catalogue, registry, stored) if settings.derive_fuel else None,
-            )
-        )
+        return detect_meters(meter_derive(settings, catalogue, registry, stored))
 
     frames_stored = clickhouse_fetch(db)  # a connection of its own, opened once (stages are rebuilt on rebalance)
 
@@ -231,13 +226,7 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
         ),
         "meter.readings": BatchRunner(
             "meter.readings",
-            ReadingsProcessor(
-                decoder,
-                ReadingValidator(catalogue, **lateness),
-                registry,
-                DuplicateFilter(settings.duplicate_cache_rows),
-                owned("meter.readings", readings_stage),
-            ),
+            readings_processor(settings, catalogue, registry, decoder, owned("meter.readings", readings_stage)),
             sink,
             deadletters,
             metrics,
