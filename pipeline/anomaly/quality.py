@@ -31,12 +31,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline.anomaly.catalogue import RULES
+from pipeline.anomaly.spike import IMS
 
 __all__ = ["Episode", "Expected", "RuleScore", "expected_alerts", "late_deliveries", "score"]
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
-INTERVAL = 900_000
 # ground-truth fault kind -> rule that should detect it (rollover: counted as consumption, no alert)
 FAULT_RULE = {"spike": "spike", "flatline": "flatline", "gap": "gap",
               "voltage_out_of_band": "voltage_out_of_band", "low_power_factor": "low_power_factor",
@@ -110,7 +110,7 @@ def _warmup(rule: str, ts: int, start_ms: int | None, timezone: str = "UTC") -> 
         return ts // DAY - first_day < int(p["min_history_days"])  # type: ignore[call-overload]
     if rule != "spike":
         return False
-    start = (ts - 1) // INTERVAL * INTERVAL  # the interval that the reading's consumption falls in
+    start = (ts - 1) // IMS * IMS  # the interval that the reading's consumption falls in
     if start - start_ms < DAY:
         return True
     tz, reach = ZoneInfo(timezone), int(p["tod_window_minutes"]) * 60_000  # type: ignore[call-overload]

@@ -66,10 +66,10 @@ from pipeline.anomaly.meter_state import (
 from pipeline.anomaly.model import Severity
 from pipeline.flags import Flag
 
-__all__ = ["SPIKE_QUANTITIES", "Spike"]
+__all__ = ["IMS", "SPIKE_QUANTITIES", "Spike"]
 
 SPIKE_QUANTITIES = {"active_energy_import": "Wh", "water_volume": "L", "gas_volume": "m3"}
-IMS = 900_000
+IMS = 900_000  # interval length (ms) of the consumption the rule judges
 _DAY = 96
 _SKIP = int(Flag.ESTIMATED | Flag.RESET | Flag.IMPLAUSIBLE_JUMP)
 _SERIES = [*DEVICE, "quantity"]

@@ -69,6 +69,9 @@ def daily_advance(series: Iterable[RegisterSeries], rejected: set[tuple[str, str
 
     ``rejected``: (device, quantity, ts) of register channels the pipeline refuses.
     """
+    refused_at: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for dev, q, t in rejected:
+        refused_at[(dev, q)].add(t)
     rows: list[dict[str, object]] = []
     for s in series:
         if len(s.ts) < 2:
@@ -76,7 +79,7 @@ def daily_advance(series: Iterable[RegisterSeries], rejected: set[tuple[str, str
         u = _unwrapped(s)
         parts: dict[int, list[float]] = defaultdict(list)
         uncounted: dict[int, float] = defaultdict(float)
-        refused = {t for (dev, q, t) in rejected if dev == s.device_id and q == s.quantity}
+        refused = refused_at.get((s.device_id, s.quantity), set())
         kept = [j for j, t in enumerate(s.ts) if t not in refused]
         if len(kept) < 2:
             continue

@@ -25,7 +25,7 @@ from pipeline.settings import Settings
 from pipeline.sinks import ClickHouseSink, DeadLetterSink
 from pipeline.storage import Database
 from pipeline.tenancy import Pseudonymizer, Registry
-from pipeline.validation import DuplicateFilter, ReadingValidator, SimUsageValidator
+from pipeline.validation import SimUsageValidator
 from pipeline.worker.alerts import build_alerts
 from pipeline.worker.derive import IntervalDeriver, clickhouse_fetch
 from pipeline.worker.feed import BatchFeed, pump
@@ -39,7 +39,7 @@ from pipeline.worker.frames import (
 from pipeline.worker.ownership import Ownership
 from pipeline.worker.processors import Derive, RegistryProcessor, SimUsageProcessor
 from pipeline.worker.runner import BatchRunner
-from pipeline.worker.wiring import meter_derive, readings_processor
+from pipeline.worker.wiring import duplicate_filter, meter_derive, reading_validator, readings_processor
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,9 @@ def build_worker(settings: Settings, bootstrap: str, db: Database, catalogue: Ca
     frames = FramesProcessor(
         load_keys(settings.dlms_keys_file),
         catalogue,
-        ReadingValidator(catalogue, **lateness),
+        reading_validator(settings, catalogue),
         registry,
-        DuplicateFilter(settings.duplicate_cache_rows),
+        duplicate_filter(settings),
         replay_counters_table(app, settings.topic_partitions),
         max_wait_ms=settings.dlms_max_wait_ms,
         derive=owned("meter.frames", frames_stage),
