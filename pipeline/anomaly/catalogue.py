@@ -40,7 +40,7 @@ COMMON_PARAMS: Mapping[str, Param] = _p(enabled=True, clear_after=3, quiet_perio
 _SPECS = (
     RuleSpec("spike", "device", "condition", W,
              _p(window_days=7.0, threshold=3.5, min_history=96, tod_window_minutes=30, mad_floor=0.3,
-                level_floor=0.1, local_floor=0.45),
+                level_floor=0.1, local_floor=0.3, noise_threshold=8.0),
              "robust z-score of an interval's consumption against the device's recent intervals at the same "
              "time of day, and against its neighbouring intervals (see pipeline.anomaly.spike)"),
     RuleSpec("flatline", "device", "condition", W, _p(samples=12, epsilon=1e-6, power_threshold_w=50.0),

@@ -31,7 +31,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline.anomaly.catalogue import RULES
-from pipeline.anomaly.spike import IMS
+from pipeline.anomaly.interval_history import IMS
 
 __all__ = ["Episode", "Expected", "RuleScore", "expected_alerts", "late_deliveries", "score"]
 

@@ -204,6 +204,45 @@ def test_spike_needs_an_excess_that_matters_against_the_devices_level() -> None:
     assert firing(no_floor, "pv")["ts_ms"].to_list() == [at // (15 * MIN) * (15 * MIN)]
 
 
+def test_spike_is_judged_against_the_devices_own_noise() -> None:
+    """The same 4x interval, after the same history, in a series whose 15-min values vary by 3% and in one
+    whose values vary by 35% (a water meter's): against 3% it is a spike; against 35% such intervals are
+    the noise's own tail (on simulated fleets every false alert was one, 3-5 sigma of the device's
+    ln(x/c)), which ``noise_threshold`` (8 sigma) leaves alone. Without that test both fire."""
+    at = MON + 2 * 86_400_000 + 12 * HOUR  # Wednesday 12:00, the interval 12:00-12:15
+    frames = []
+    for dev, cv in (("steady", 0.03), ("noisy", 0.35)):
+        rng, e, vals = random.Random(dev), 1e6, []
+        ts = every(MON, 3 * 96, step_s=900)
+        for t in ts:
+            e += 0.0 if t == MON else 40.0 * (4.0 if t == at + 15 * MIN else max(0.05, 1 + rng.gauss(0, cv)))
+            vals.append(round(e, 1))
+        frames.append(rows(dev, "water_volume", ts, vals))
+    reg = registry(*({"subject_id": d, "kind": "water_meter", "expected_period_s": 900} for d in ("steady", "noisy")))
+    ev = run(Spike(), frames, reg)
+    assert firing(ev, "steady")["ts_ms"].to_list() == [at]
+    assert firing(ev, "noisy").is_empty() and evaluated(ev, "noisy").height > 90
+    no_noise_test = run(Spike(), frames, reg, policy=Policy({"spike": {"noise_threshold": 0.0}}))
+    assert at in firing(no_noise_test, "noisy")["ts_ms"].to_list()
+
+
+def test_spike_on_a_daily_closing_edge() -> None:
+    """A business closes at 18:30-19:00 every day. A x10 poll just after the edge is a spike, 3x the median of
+    its neighbours (which straddle the edge: 88, 40 | 24, 24 Wh) and 4x the same 15 minutes on earlier days.
+    The edge itself, on every day, is not."""
+    at = MON + 2 * 86_400_000 + 19 * HOUR + 5 * MIN  # Wednesday 19:05: the interval 19:00-19:15
+    rng = random.Random(11)
+    ts, vals, e = every(MON, 3 * 288), [], 1e6
+    for t in ts:
+        h = (t % 86_400_000) / HOUR
+        load = 8.0 + 32.0 * min(1.0, max(0.0, 2 * (19.0 - h)))  # open: 40 Wh per 5 min; closed from 19:00: 8
+        e += load * (1 + rng.gauss(0, 0.03)) * (10.0 if t == at else 1.0)
+        vals.append(round(e, 1))
+    reg = registry({"subject_id": "shop", "kind": "electricity_meter"})
+    ev = run(Spike(), [rows("shop", "active_energy_import", ts, vals)], reg)
+    assert firing(ev, "shop")["ts_ms"].to_list() == [at // (15 * MIN) * (15 * MIN)]
+
+
 def test_flatline() -> None:
     ts = every(MON, 40)
     rng = random.Random(3)
