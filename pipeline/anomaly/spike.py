@@ -199,19 +199,20 @@ class Spike:
         out = out.with_columns(noise=self._noise(out, (_c("z") > thr) & (_c("zl") > thr)))
         return out.select(
             *DEVICE, "quantity", "m", "c", "z", "noise", ts_ms=_c("i") * IMS,
-            firing=(_c("z") > thr) & (_c("zl") > thr) & (_c("noise") > _c("noise_threshold")),
+            firing=(_c("z") > thr) & (_c("zl") > thr) & (_c("noise") > _c("noise_threshold")).fill_null(False),
             severity=pl.lit(int(Severity.WARNING)), observed=_c("x"),
             threshold=_c("m") + thr * scale / _K,
         )  # fmt: skip
 
     def _noise(self, rows: pl.DataFrame, candidate: pl.Expr) -> pl.Series:
         """ln(x / c) in robust standard deviations of the device's own ln(x_j / c_j) over the window (c_j: the
-        median of x_j's two neighbours on either side), for the rows that pass the other tests (NaN elsewhere:
-        they cannot fire, and a window of neighbourhoods per row costs 4 x 672 lookups)."""
+        median of x_j's two neighbours on either side), for the rows that pass the other tests (null elsewhere:
+        they cannot fire, and a window of neighbourhoods per row costs 4 x 672 lookups; null too where the
+        window gives no deviation to measure by, so that such an interval does not fire)."""
         out = np.full(rows.height, np.nan)
         pick = np.flatnonzero(rows.select(candidate.fill_null(False)).to_series().to_numpy())
         if not len(pick):
-            return pl.Series(out)
+            return pl.Series(out, nan_to_null=True)
         sub = rows[pick]
         ring, i = sub["_ring"].to_numpy(), sub["i"].to_numpy().astype(np.int64)
         w = np.floor(sub["window_days"].to_numpy() * DAY_SLOTS).astype(np.int64)
@@ -226,7 +227,7 @@ class Spike:
             lr[~np.isfinite(lr)] = np.nan
             sigma = 1.4826 * row_median(np.abs(lr - row_median(lr)[:, None]))
             out[pick] = np.log(sub["x"].to_numpy() / sub["c"].to_numpy()) / sigma
-        return pl.Series(out)
+        return pl.Series(out, nan_to_null=True)  # polars compares NaN as greater than any number
 
     def _stats(self, todo: pl.DataFrame) -> dict[str, np.ndarray]:
         h = self._hist
