@@ -90,13 +90,23 @@ def query(
             "(default: only when the chDB directory is in use)"
         ),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="a database other than the configured one, e.g. the demo's telemetry_demo"),
+    ] = None,
 ) -> None:
     """Run a read-only SQL statement against the configured ClickHouse and print the result.
 
     With chDB (the default) only one process can open the data directory: while a
-    worker or demo runs, the query goes to that worker's HTTP endpoint instead.
+    worker or demo runs, the query goes to that worker's HTTP endpoint (and its database) instead.
     """
     settings = _settings()
+    if database is not None:
+        try:
+            settings = settings.model_copy(update={"clickhouse_url": settings.clickhouse.with_database(database)})
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
     if via_worker is not True:
         from pipeline.storage import connect
         from pipeline.worker.web import _READ_ONLY

@@ -17,10 +17,27 @@ from rich.table import Table
 
 from pipeline.broker import embedded_broker, ensure_topics
 from pipeline.broker.embedded import free_port
-from pipeline.settings import Settings
+from pipeline.settings import ClickHouseTarget, Settings
+from pipeline.storage import connect
 from pipeline.worker.process import WorkerProcess
 
 DEMO_DLMS_METERS = 4  # smart meters pushing encrypted frames (meter.frames), keys written for the worker
+# The demo's own database in the configured ClickHouse, emptied at each run. Two runs of one seed simulate
+# the same devices over overlapping times with other register values: written into one database, the
+# second run's readings conflicted with the first's, and its summary counted both runs' alerts.
+DEMO_DATABASE = "telemetry_demo"
+
+
+def fresh_database(settings: Settings, name: str) -> Settings:
+    """``settings`` writing into database ``name`` of the configured ClickHouse, dropped first if it exists.
+    Raises StorageError (e.g. the chDB directory is in use by a running worker)."""
+    url = settings.clickhouse.with_database(name)
+    db = connect(ClickHouseTarget(url), create_database=False)
+    try:
+        db.command(f"DROP DATABASE IF EXISTS {name} SYNC")
+    finally:
+        db.close()
+    return settings.model_copy(update={"clickhouse_url": url})
 
 
 def _start_worker(
@@ -71,6 +88,7 @@ def run_demo(
     from pipeline.simulate import SimConfig, build_scenario, produce
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = fresh_database(settings, DEMO_DATABASE)
     config = SimConfig(seed=seed, tenants=tenants, sites_per_tenant=sites_per_tenant, days=days, batch=batch,
                        dlms_meters=DEMO_DLMS_METERS)  # fmt: skip
     now_ms = int(time.time() * 1000)
@@ -102,8 +120,8 @@ def run_demo(
         finally:
             client.stop()
     console.print(
-        f"\nClickHouse data stays in {settings.clickhouse.redacted()}; explore it with "
-        '[bold]telemetry query "SELECT …"[/bold]'
+        f"\nClickHouse data stays in {settings.clickhouse.redacted()} until the next demo run; explore it with "
+        f'[bold]telemetry query --database {DEMO_DATABASE} "SELECT …"[/bold]'
     )
     return summary
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +47,16 @@ class ClickHouseTarget:
     @property
     def embedded(self) -> bool:
         return self.scheme == "chdb"
+
+    def with_database(self, name: str) -> str:
+        """This target's URL with database ``name`` (other query parameters and credentials kept)."""
+        if not name or not all(c.isalnum() or c == "_" for c in name):
+            raise ValueError(f"a database name is letters, digits and '_' (got {name!r})")
+        parts = urlsplit(self.url)
+        if self.embedded:
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()} | {"database": name}
+            return f"chdb://{self.path}?{urlencode(query)}"
+        return urlunsplit(parts._replace(path=f"/{name}"))
 
     def redacted(self) -> str:
         if self.embedded:

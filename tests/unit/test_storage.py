@@ -133,3 +133,32 @@ def test_a_reader_connection_reads_while_the_writer_holds_its_lock(database: Dat
     with database.lock:  # an insert in progress holds this: the reader does not wait for it
         assert reader.query_arrow(sql).column(0).to_pylist() == [1]
     reader.close()
+
+
+def test_a_target_names_another_database_keeping_the_rest_of_its_url() -> None:
+    from pipeline.settings import ClickHouseTarget
+
+    embedded = ClickHouseTarget(ClickHouseTarget("chdb:///data/ch?database=telemetry&x=1").with_database("demo_1"))
+    assert (embedded.path, embedded.database) == (Path("/data/ch"), "demo_1")
+    assert embedded.url == "chdb:///data/ch?database=demo_1&x=1"
+    server = ClickHouseTarget(ClickHouseTarget("https://u:p%40ss@ch.example:8443/telemetry").with_database("demo_1"))
+    assert (server.host, server.port, server.password, server.database) == ("ch.example", 8443, "p@ss", "demo_1")
+    with pytest.raises(ValueError, match="database name"):
+        embedded.with_database("demo; DROP TABLE readings")
+
+
+def test_the_demo_starts_from_an_empty_database_of_its_own(database: Database) -> None:
+    """A second demo run must not see the first one's rows (same devices, other register values)."""
+    from pipeline.demo import fresh_database
+    from pipeline.settings import ClickHouseTarget, Settings
+    from pipeline.storage import connect
+
+    name = f"{database.name}_demo"
+    previous = connect(ClickHouseTarget(database.target.with_database(name)))
+    migrate(previous)
+    previous.insert_arrow("readings_store", _readings([("m1", "active_energy_import", 0, 1.0, 0)]))
+    assert previous.scalar(f"SELECT count() FROM {name}.readings_store") == 1
+    settings = fresh_database(Settings(clickhouse_url=database.target.url), name)
+    assert settings.clickhouse.database == name and settings.clickhouse.path == database.target.path
+    assert database.scalar("SELECT count() FROM system.databases WHERE name = {n:String}", {"n": name}) == 0
+    assert database.scalar("SELECT count() FROM system.tables WHERE database = {d:String}", {"d": database.name}) > 0
