@@ -20,10 +20,6 @@ KEYS = ["tenant_id", "device_id", "quantity"]  # a series (its site may change)
 _NONE = np.iinfo(np.int64).min
 
 
-def _c(name: str) -> pl.Expr:
-    return pl.col(name)
-
-
 def row_median(a: np.ndarray) -> np.ndarray:
     """Row medians ignoring NaN (NaN for a row without values), without numpy's all-NaN warnings."""
     if a.shape[1] == 0:
@@ -79,8 +75,8 @@ class IntervalHistory(SeriesIndex):
     def advance(self, seen: pl.DataFrame) -> pl.DataFrame:
         """Readings (keys, site_id, ts_ms) -> per series: site_id, ``_row``, and the interval numbers
         ``lo <= n < hi`` completed by them (a new series: everything before its newest reading)."""
-        per = self.assign(seen.group_by(KEYS).agg(pl.col("site_id").last(), first=_c("ts_ms").min(),
-                                                   top=_c("ts_ms").max()))  # fmt: skip
+        per = self.assign(seen.group_by(KEYS).agg(pl.col("site_id").last(), first=pl.col("ts_ms").min(),
+                                                   top=pl.col("ts_ms").max()))  # fmt: skip
         rows = per["_row"].to_numpy()
         prev = self._last[rows]
         mark = np.maximum(prev, per["top"].to_numpy())
