@@ -3,7 +3,7 @@
 The stream's view is reproduced: accepted, de-duplicated, tenant-tagged readings (the real
 decode → validate → de-duplicate → tag stages) are cut into batches, every batch's
 intervals and register events come from the stream's :class:`IntervalDeriver` (whose store
-is the previous batches), and each rule sees ``MeterBatch(readings, intervals, events)``.
+is the previous batches), and each rule sees the batch numbered by one ``Numbering``, as in the stage.
 
 Episodes follow the lifecycle: a condition rule's episode runs from a firing evaluation
 until ``clear_after`` consecutive non-firing ones; an event rule's until ``quiet_period_s``
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
-from pipeline.anomaly import RULES, Context, MeterBatch, MeterRule, Policy, empty_evaluations
+from pipeline.anomaly import RULES, Context, MeterRule, Numbering, Policy, empty_evaluations
 from pipeline.catalogue import load_catalogue
 from pipeline.codecs import Decoder, Encoder, SchemaStore, decode_readings, decode_registrations
 from pipeline.derive import (
@@ -178,12 +178,12 @@ def replay(
 ) -> pl.DataFrame:
     """All evaluation rows of ``rules`` over ``batches`` (in order), with the stream's intervals and events."""
     policy = policy or Policy()
-    derive = StreamDerive(registry)
+    derive, numbering = StreamDerive(registry), Numbering()
     out = []
     for b in batches:
         now = int(b["ts_ms"].max()) + 60_000
         intervals, events = derive(b)
-        batch = MeterBatch(b, intervals, events)
+        batch = numbering.batch(b, intervals, events)
         ctx = Context(policy, registry, now)
         out.extend(r(batch, ctx) for r in rules)
     frames = [f for f in out if f.height]

@@ -5,6 +5,7 @@ from pipeline.anomaly.catalogue import COMMON_PARAMS, RULES, RuleSpec
 from pipeline.anomaly.inputs import Context, MeterBatch, MeterRule, SimBatch, SimRule
 from pipeline.anomaly.meter_rules import meter_rules
 from pipeline.anomaly.model import EVALUATION_SCHEMA, Severity, State, Transition, empty_evaluations, evaluations
+from pipeline.anomaly.numbering import Numbering
 from pipeline.anomaly.policy import Policy
 from pipeline.anomaly.sim_rules import sim_rules
 
@@ -15,6 +16,7 @@ __all__ = [
     "Context",
     "MeterBatch",
     "MeterRule",
+    "Numbering",
     "Policy",
     "RuleSpec",
     "Severity",

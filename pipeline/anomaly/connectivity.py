@@ -19,12 +19,15 @@ clock status bits (CLOCK_INVALID, CLOCK_DOUBTFUL) or whose time is more than
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from pipeline.anomaly.catalogue import RULES
 from pipeline.anomaly.inputs import Context, MeterBatch
-from pipeline.anomaly.meter_state import DEVICE, DeviceAttrs, SeriesLast, finish, iso_expr, relevant, with_params
+from pipeline.anomaly.meter_state import DEVICE, DeviceFloats, finish, iso_expr, relevant, with_params
 from pipeline.anomaly.model import Severity
+from pipeline.anomaly.numbering import DID
+from pipeline.anomaly.series_state import SeriesLast
 from pipeline.flags import Flag
 from pipeline.tenancy.registry import Registration
 
@@ -45,28 +48,30 @@ def _upload_period(reg: Registration, ctx: Context) -> float | None:
 class Gap:
     def __init__(self) -> None:
         self.spec = RULES["gap"]
-        self._last = SeriesLast(["device_id"])
-        self._attrs = DeviceAttrs({"own": (pl.Float64(), lambda r, _: r.expected_period_s),
-                                   "upload": (pl.Float64(), _upload_period)})  # fmt: skip
+        self._last = SeriesLast(DID)
+        self._periods = DeviceFloats({"own": lambda r, _: r.expected_period_s, "upload": _upload_period})
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        times = batch.readings.select(*DEVICE, "ts_ms")
-        # a reading's channels are adjacent rows: drop those first (cheap), then unique over ~1/8 of the rows
-        times = times.filter((_c("device_id") != _c("device_id").shift()) | (_c("ts_ms") != _c("ts_ms").shift())
+        times = batch.readings.select(*DEVICE, "ts_ms", DID)
+        # a reading's channels are adjacent rows: keep one (cheap); the step drops other repeated times
+        times = times.filter((_c(DID) != _c(DID).shift()) | (_c("ts_ms") != _c("ts_ms").shift())
                              | _c("ts_ms").shift().is_null())  # fmt: skip
-        times = times.unique(["device_id", "ts_ms"], keep="any")
         if times.is_empty():
             return finish(times, self.spec.id)
-        pairs = self._last.step(times).rename({"prev_ts": "prev"})
+        pairs = self._last.step(times).rename({"prev_ts": "prev"})  # (repeated times: the first only)
         pairs = with_params(ctx, self.spec.id, pairs, ["period_factor", "default_period_s"])
         if pairs.is_empty():
             return finish(pairs, self.spec.id)
-        reg = self._attrs(ctx, pairs["device_id"])
-        own = pl.coalesce("own", "default_period_s")
-        limit = _c("period_factor") * pl.max_horizontal(own, "upload") * 1000
-        pairs = pairs.join(reg, on="device_id", how="left").with_columns(
-            period=(own * 1000).cast(pl.Int64), hole=_c("ts_ms") - _c("prev"), limit=limit.cast(pl.Int64)
-        )
+        p = self._periods(ctx, pairs)
+        own = np.where(np.isnan(p["own"]), pairs["default_period_s"].to_numpy().astype(np.float64), p["own"])
+        limit = (pairs["period_factor"].to_numpy() * np.fmax(own, p["upload"]) * 1000).astype(np.int64)
+        pairs = pairs.with_columns(period=pl.Series((own * 1000).astype(np.int64)), limit=pl.Series(limit))
+        if ctx.open is not None:  # only the rows relevant() keeps: none on a quiet batch
+            prev = pairs["prev"]
+            gap = (prev.is_not_null() & (pairs["ts_ms"] - prev.fill_null(0) > pairs["limit"])).to_numpy()
+            watch = {*ctx.open.get(self.spec.id, ()), *pairs["device_id"].filter(gap).to_list()}
+            pairs = pairs.filter(pairs["device_id"].is_in(list(watch))) if watch else pairs.clear()
+        pairs = pairs.with_columns(hole=_c("ts_ms") - _c("prev"))
         rows = pairs.select(*DEVICE, "ts_ms", "prev", "period", "hole", severity=pl.lit(int(Severity.WARNING)),
                             observed=(_c("hole") / 1000).fill_null(0.0), threshold=_c("limit") / 1000,
                             gap=(_c("prev").is_not_null() & (_c("hole") > _c("limit"))))  # fmt: skip

@@ -9,7 +9,7 @@ a window of intervals) and lives in the rule object; what must survive a restart
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import polars as pl
@@ -26,16 +26,20 @@ class MeterBatch:
     """Accepted, tenant-tagged meter data of one batch.
 
     ``readings``: tenant_id, site_id, device_id, quantity, ts_ms (Int64), value, flags (UInt32),
-    src_offset (long format: one row per channel). ``intervals``: the intervals the derive stage
-    (re)computed for this batch: tenant_id, site_id, device_id, quantity, interval_start_ms,
-    measured, estimated, flags, n_readings (empty when derivation is off). ``events``: register
-    events of the batch: tenant_id, site_id, device_id, quantity, kind (rollover | reset |
-    replaced | implausible_jump | gap), ts_ms, prev_ts_ms, prev_value, value, delta, cap.
+    src_offset (long format: one row per channel), and the numbers ``_did``, ``_sid`` and ``_qid`` of its
+    device, series and quantity (:class:`~pipeline.anomaly.numbering.Numbering`, whose ``batch`` builds
+    this; ``quantities`` maps quantity codes to their ``_qid``: find rows with ``numbering.rows_of``).
+    ``intervals``: the intervals the derive stage (re)computed for this batch: tenant_id, site_id,
+    device_id, quantity, interval_start_ms, measured, estimated, flags, n_readings (empty when
+    derivation is off). ``events``: register events of the batch: tenant_id, site_id, device_id,
+    quantity, kind (rollover | reset | replaced | implausible_jump | gap), ts_ms, prev_ts_ms,
+    prev_value, value, delta, cap.
     """
 
     readings: pl.DataFrame
     intervals: pl.DataFrame
     events: pl.DataFrame
+    quantities: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,6 @@ from pipeline.anomaly.meter_state import (
     DEVICE,
     DeviceAttrs,
     SeriesTail,
-    WindowAcc,
     attribute,
     finish,
     full,
@@ -45,7 +44,9 @@ from pipeline.anomaly.meter_state import (
     with_params,
 )
 from pipeline.anomaly.model import Severity, empty_evaluations
+from pipeline.anomaly.numbering import DID, rows_of
 from pipeline.anomaly.schedule import in_schedule, parse_schedule
+from pipeline.anomaly.series_state import WindowAcc
 from pipeline.derive.localtime import local_fields
 
 __all__ = ["FuelDrop", "GeneratorUnexpectedRun", "HvacDeltaT", "HvacShortCycling"]
@@ -58,9 +59,14 @@ def _c(name: str) -> pl.Expr:
     return pl.col(name)
 
 
-def _wide(readings: pl.DataFrame, codes: tuple[str, ...], required: str) -> pl.DataFrame:
-    """One row per (device, ts) with a Float64 column per code (null if absent); rows with ``required``."""
-    r = readings.filter(_c("quantity").is_in(codes))
+def _readings(batch: MeterBatch, codes: tuple[str, ...]) -> pl.DataFrame:
+    """The batch's readings of quantities ``codes``."""
+    return batch.readings[rows_of(batch, codes)]
+
+
+def _wide(r: pl.DataFrame, codes: tuple[str, ...], required: str) -> pl.DataFrame:
+    """One row per (device, ts) of readings ``r`` with a Float64 column per code (null if absent); rows
+    with ``required``."""
     if r.is_empty():  # a fleet without such machines: no grouping (its fixed cost is per batch)
         return r.select(*DEVICE, "ts_ms").with_columns(pl.lit(None, pl.Float64).alias(q) for q in codes)
     aggs = [_c("value").filter(_c("quantity") == q).first().alias(q) for q in codes]
@@ -84,7 +90,7 @@ class FuelDrop:
         self._tail = SeriesTail(DEVICE, _schema(self.codes), int(self.spec.params["samples"]) - 1)  # type: ignore[call-overload]
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        wide = _wide(batch.readings, self.codes, "fuel_level")
+        wide = _wide(_readings(batch, self.codes), self.codes, "fuel_level")
         if wide.is_empty():
             return finish(wide, self.spec.id)
         params = ["samples", "threshold_l", "threshold_tank_ratio"]
@@ -131,7 +137,7 @@ class GeneratorUnexpectedRun:
         self._tail = SeriesTail(DEVICE, _schema(self.codes), 1)
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        r = batch.readings.filter(_c("quantity").is_in(self.codes))
+        r = _readings(batch, self.codes)
         if r.is_empty():
             return finish(r, self.spec.id)
         sched = self._attrs(ctx, r["device_id"])
@@ -189,7 +195,7 @@ class HvacDeltaT:
         self._tail = SeriesTail(DEVICE, _schema(self.codes, out=pl.Boolean()), int(self.spec.params["samples"]) - 1)  # type: ignore[call-overload]
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        wide = _wide(batch.readings, self.codes, "ts_ms")
+        wide = _wide(_readings(batch, self.codes), self.codes, "ts_ms")
         if wide.is_empty():
             return finish(wide, self.spec.id)
         params = ["samples", "min_delta_c", "max_delta_c"]
@@ -226,13 +232,13 @@ class HvacDeltaT:
 class HvacShortCycling:
     def __init__(self) -> None:
         self.spec = RULES["hvac_short_cycling"]
-        schema = _schema(("hvac_run_state",), run_start=pl.Int64())
+        schema = _schema(("hvac_run_state",), run_start=pl.Int64(), **{DID: pl.Int64()})
         self._tail = SeriesTail(DEVICE, schema, 1)
-        self._hours = WindowAcc(["device_id"], ["starts", "short", "n"], DEVICE)
+        self._hours = WindowAcc(["starts", "short", "n"], DEVICE, by=DID)
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        states = (batch.readings.filter(_c("quantity") == "hvac_run_state")
-                  .select(*DEVICE, "ts_ms", hvac_run_state="value", run_start=pl.lit(None, pl.Int64)))  # fmt: skip
+        states = (_readings(batch, ("hvac_run_state",))
+                  .select(*DEVICE, "ts_ms", DID, hvac_run_state="value", run_start=pl.lit(None, pl.Int64)))  # fmt: skip
         if states.is_empty():  # no run state, no hour completes (most batches of most fleets)
             return empty_evaluations()
         context = self._tail.context(states)
@@ -249,8 +255,8 @@ class HvacShortCycling:
         new = with_params(ctx, self.spec.id, context.filter(_c("_new")), ["min_run_minutes"])
         short = (_c("end") & ((_c("ts_ms") - _c("began")) < _c("min_run_minutes") * 60_000)).fill_null(False)
         done = self._hours.add(new.select(
-            *DEVICE, "ts_ms", width_ms=pl.lit(HOUR_MS, pl.Int64), starts=_c("start").fill_null(False).cast(pl.Float64),
-            short=short.cast(pl.Float64), n=pl.lit(1.0),
+            *DEVICE, "ts_ms", DID, width_ms=pl.lit(HOUR_MS, pl.Int64),
+            starts=_c("start").fill_null(False).cast(pl.Float64), short=short.cast(pl.Float64), n=pl.lit(1.0),
         ))  # fmt: skip
         done = with_params(ctx, self.spec.id, done, ["max_starts_per_hour", "min_run_minutes"])
         rows = done.select(

@@ -21,16 +21,19 @@ from pipeline.anomaly.inputs import Context, MeterBatch
 from pipeline.anomaly.meter_state import (
     DEVICE,
     DeviceAttrs,
-    WindowAcc,
     field,
     finish,
     iso_expr,
     merge_per_ts,
+    param_column,
     relevant,
+    row_params,
     with_message,
     with_params,
 )
 from pipeline.anomaly.model import Severity
+from pipeline.anomaly.numbering import SID, rows_of
+from pipeline.anomaly.series_state import WindowAcc
 
 __all__ = ["FrequencyOutOfBand", "LowPowerFactor", "VoltageOutOfBand"]
 
@@ -61,7 +64,7 @@ class _Windowed:
 
     def __init__(self) -> None:
         self.spec = RULES[self.rule]
-        self._acc = WindowAcc(["device_id", "quantity"], ["s", "n"], [*DEVICE, "quantity"])
+        self._acc = WindowAcc(["s", "n"], ["_i"])
 
     def _width(self) -> pl.Expr:
         return pl.lit(3_600_000, pl.Int64)
@@ -70,15 +73,18 @@ class _Windowed:
         return _c("value")
 
     def _window_means(self, batch: MeterBatch, ctx: Context, params: Sequence[str]) -> pl.DataFrame:
-        rows = batch.readings.filter(_c("quantity").is_in(self.quantities)).select(
-            *DEVICE, "quantity", "ts_ms", "value"
-        )
-        rows = with_params(ctx, self.rule, rows, self.width_params)
-        done = self._acc.add(rows.select(*DEVICE, "quantity", "ts_ms", width_ms=self._width(), s=self._value(),
-                                         n=pl.lit(1.0)))  # fmt: skip
+        """Complete windows: DEVICE, quantity, window_ms, width_ms, mean + ``params``. Folds numbers only; the
+        keys of a window are gathered from the batch when it completes (its first reading in the batch)."""
+        r = batch.readings
+        at, p = row_params(ctx, self.rule, r, rows_of(batch, self.quantities), self.width_params)
+        params_at = {k: param_column(v) for k, v in p.items()}
+        rows = r.select(SID, "ts_ms", "value")[at].with_columns(_i=pl.Series(at), **params_at)
+        done = self._acc.add(rows.select(SID, "ts_ms", "_i", width_ms=self._width(), s=self._value(), n=pl.lit(1.0)))
         if done.is_empty():
             return done
-        means = done.select(*DEVICE, "quantity", "window_ms", "width_ms", mean=_c("s") / _c("n"))
+        means = r.select(*DEVICE, "quantity")[done["_i"].to_numpy()].hstack(
+            done.select("window_ms", "width_ms", mean=_c("s") / _c("n"))
+        )
         return with_params(ctx, self.rule, means, params)
 
 

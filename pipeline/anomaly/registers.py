@@ -18,23 +18,27 @@ and time). The event rules read the register events the derive stage computed fo
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from pipeline.anomaly.catalogue import RULES
 from pipeline.anomaly.inputs import Context, MeterBatch
 from pipeline.anomaly.meter_state import (
     DEVICE,
-    SeriesLast,
-    SeriesRing,
     Watermarks,
     finish,
     iso_expr,
+    keep_relevant,
     merge_per_ts,
+    param_column,
     relevant,
+    row_params,
     with_message,
     with_params,
 )
 from pipeline.anomaly.model import Severity, empty_evaluations
+from pipeline.anomaly.numbering import DID, QID, SID, rows_of
+from pipeline.anomaly.series_state import SeriesLast, SeriesRing
 from pipeline.catalogue import Catalogue, Kind, load_catalogue
 
 __all__ = ["Flatline", "ImplausibleJump", "NegativeDelta"]
@@ -58,52 +62,73 @@ class Flatline:
         self._signals = sorted(c for c, q in cat.quantities.items()
                                if q.kind is Kind.INSTANTANEOUS and q.unit not in _STEADY_UNITS)  # fmt: skip
         self._units = {c: q.unit for c, q in cat.quantities.items()}
-        self._registers = SeriesLast(["device_id", "quantity"], ["value", "power"])
-        self._ring = SeriesRing(["device_id", "quantity"], int(self.spec.params["samples"]) - 1)  # type: ignore[call-overload]
+        self._registers = SeriesLast(SID, ["value", "power"])
+        self._ring = SeriesRing(int(self.spec.params["samples"]) - 1)  # type: ignore[call-overload]
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        r = batch.readings.select(*_SERIES, "ts_ms", "value")
-        parts = [p for p in (self._frozen_registers(r, ctx), self._stuck_signals(r, ctx)) if p.height]
+        r = batch.readings.select(*_SERIES, "ts_ms", "value", DID, SID)
+        frozen = self._frozen_registers(batch, r, ctx)
+        frozen_devices = frozen.filter(_c("firing"))["device_id"].to_list() if frozen.height else []
+        parts = [p for p in (frozen, self._stuck_signals(batch, r, ctx, frozen_devices)) if p.height]
         if not parts:
             return empty_evaluations()
         rows = relevant(pl.concat(parts, how="diagonal_relaxed"), ctx, self.spec.id)
         return finish(merge_per_ts(rows), self.spec.id)
 
-    def _frozen_registers(self, r: pl.DataFrame, ctx: Context) -> pl.DataFrame:
-        regs = r.filter(_c("quantity").is_in(list(_REGISTERS)))
-        if regs.is_empty():
-            return regs
-        power = (r.filter(_c("quantity") == "active_power").unique([*DEVICE, "ts_ms"], keep="first")
-                 .select(*DEVICE, "ts_ms", p=_c("value")))  # fmt: skip
-        sign = _c("quantity").replace_strict(_REGISTERS, return_dtype=pl.Float64)
-        regs = regs.join(power, on=[*DEVICE, "ts_ms"], how="left").with_columns(power=_c("p") * sign).drop("p")
-        pairs = self._registers.step(regs).rename({"prev_value": "v0", "prev_power": "p0"})
-        pairs = pairs.filter(pl.all_horizontal(_c(k).is_not_null() for k in ("v0", "power", "p0")))
-        pairs = with_params(ctx, self.spec.id, pairs, ["power_threshold_w"])
-        rows = pairs.with_columns(low=pl.min_horizontal("power", "p0")).select(
-            *DEVICE, "quantity", "ts_ms", "value",
-            firing=(_c("value") == _c("v0")) & (_c("low") > _c("power_threshold_w")),
-            severity=pl.lit(_W), observed="low", threshold=_c("power_threshold_w").cast(pl.Float64),
-        )  # fmt: skip
-        return with_message(rows, pl.format("{} register unchanged at {} while power >= {} W at {}", "quantity",
-                                            "value", _c("observed").round(0), iso_expr("ts_ms")))  # fmt: skip
+    # Both parts work on numbers (positions in the batch, series numbers, times, values) and gather the
+    # strings of the rows they emit only: with a lifecycle, those relevant() keeps (keep_relevant), which
+    # on a quiet batch are none.
 
-    def _stuck_signals(self, r: pl.DataFrame, ctx: Context) -> pl.DataFrame:
-        sig = with_params(ctx, self.spec.id, r.filter(_c("quantity").is_in(self._signals)), ["samples", "epsilon"])
-        if sig.is_empty():
-            return sig
-        sig = sig.with_columns(_c("samples").clip(lower_bound=2))
-        rows, hi, lo = self._ring.roll(sig, "samples", tol="epsilon")
-        rows = rows.with_columns(hi=pl.Series(hi), lo=pl.Series(lo)).filter(_c("hi").is_not_nan())
-        span = _c("hi") - _c("lo")
-        rows = rows.select(
-            *DEVICE, "quantity", "ts_ms", "hi", "samples",
-            firing=(span <= _c("epsilon")) & ((_c("hi") != 0) | (_c("lo") != 0)),
-            severity=pl.lit(_W), observed=span, threshold=_c("epsilon").cast(pl.Float64),
+    def _frozen_registers(self, batch: MeterBatch, r: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+        at, p = row_params(ctx, self.spec.id, r, rows_of(batch, _REGISTERS), ["power_threshold_w"])
+        if not len(at):
+            return pl.DataFrame()
+        num = r.select(DID, SID, "ts_ms", "value")
+        power = num[rows_of(batch, ["active_power"])].select(DID, "ts_ms", p="value")
+        export = batch.quantities.get("active_energy_export", -1)
+        sign = np.where(batch.readings[QID].to_numpy()[at] == export, -1.0, 1.0)
+        regs = num[at].with_columns(_i=pl.Series(at), sign=pl.Series(sign), thr=param_column(p["power_threshold_w"]))
+        regs = regs.join(power, on=[DID, "ts_ms"], how="left", maintain_order="left_right")
+        if regs.height > len(at):  # a power reading repeated at one time: the first one
+            regs = regs.unique("_i", keep="first", maintain_order=True)
+        pairs = self._registers.step(regs.with_columns(power=_c("p") * _c("sign")))
+        pairs = pairs.filter(pl.all_horizontal(_c(k).is_not_null() for k in ("prev_value", "power", "prev_power")))
+        pairs = pairs.with_columns(low=pl.min_horizontal("power", "prev_power"))
+        firing = ((pairs["value"] == pairs["prev_value"]) & (pairs["low"] > pairs["thr"])).to_numpy()
+        rows = pairs["_i"].to_numpy()
+        keep = keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing)
+        if not keep.any():
+            return pl.DataFrame()
+        out = r.select(*DEVICE, "quantity")[rows[keep]].hstack(pairs.filter(pl.Series(keep)))
+        out = out.select(
+            *DEVICE, "quantity", "ts_ms", "value", firing=pl.Series(firing[keep]), severity=pl.lit(_W),
+            observed="low", threshold=_c("thr").cast(pl.Float64),
+        )  # fmt: skip
+        return with_message(out, pl.format("{} register unchanged at {} while power >= {} W at {}", "quantity",
+                                           "value", _c("observed").round(0), iso_expr("ts_ms")))  # fmt: skip
+
+    def _stuck_signals(self, batch: MeterBatch, r: pl.DataFrame, ctx: Context, also: list[str]) -> pl.DataFrame:
+        """Samples with a full window; ``also``: devices that fire in the other part."""
+        at, p = row_params(ctx, self.spec.id, r, rows_of(batch, self._signals), ["samples", "epsilon"])
+        if not len(at):
+            return pl.DataFrame()
+        n, eps = np.maximum(p["samples"], 2), p["epsilon"]
+        got, hi, lo = self._ring.roll(*(r[c].to_numpy()[at] for c in (SID, "ts_ms", "value")), n, eps)
+        n, eps = (v[got] if isinstance(v, np.ndarray) else v for v in (n, eps))
+        with np.errstate(invalid="ignore"):
+            span = hi - lo
+            firing = (span <= eps) & ((hi != 0) | (lo != 0))  # false where hi is NaN (fewer samples than n)
+        rows = at[got]
+        keep = ~np.isnan(hi) & keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing, also)
+        if not keep.any():
+            return pl.DataFrame()
+        out = r.select(*DEVICE, "quantity", "ts_ms")[rows[keep]].with_columns(
+            hi=pl.Series(hi[keep]), samples=param_column(n, keep), firing=pl.Series(firing[keep]), severity=pl.lit(_W),
+            observed=pl.Series(span[keep]), threshold=param_column(eps, keep).cast(pl.Float64),
         )  # fmt: skip
         unit = _c("quantity").replace_strict(self._units, default="")
-        return with_message(rows, pl.format("{} stuck at {} {} for the last {} readings (to {})", "quantity", "hi",
-                                            unit, "samples", iso_expr("ts_ms")))  # fmt: skip
+        return with_message(out, pl.format("{} stuck at {} {} for the last {} readings (to {})", "quantity", "hi",
+                                           unit, "samples", iso_expr("ts_ms")))  # fmt: skip
 
 
 class _RegisterEvent:

@@ -69,14 +69,14 @@ from pipeline.anomaly.meter_state import (
     with_message,
     with_params,
 )
-from pipeline.anomaly.model import Severity
+from pipeline.anomaly.model import Severity, empty_evaluations
+from pipeline.anomaly.numbering import SID, rows_of
 from pipeline.flags import Flag
 
 __all__ = ["SPIKE_QUANTITIES", "Spike"]
 
 SPIKE_QUANTITIES = {"active_energy_import": "Wh", "water_volume": "L", "gas_volume": "m3"}
 _SKIP = int(Flag.ESTIMATED | Flag.RESET | Flag.IMPLAUSIBLE_JUMP)
-_SERIES = [*DEVICE, "quantity"]
 _K = 0.6745
 
 
@@ -110,16 +110,19 @@ class Spike:
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
         q = list(SPIKE_QUANTITIES)
-        seen = batch.readings.filter(_c("quantity").is_in(q)).select(*_SERIES, "ts_ms")
-        if seen.is_empty():
-            return finish(seen, self.spec.id)
-        marks = self._hist.advance(seen)
+        at = rows_of(batch, q)
+        if not len(at):
+            return empty_evaluations()
+        marks = self._hist.advance(batch.readings.select(SID, "ts_ms")[at].with_columns(_i=pl.Series(at)))
         iv = batch.intervals.filter(_c("quantity").is_in(q)) if batch.intervals.height else batch.intervals
         if iv.is_empty():
-            return finish(iv, self.spec.id)
-        iv = iv.with_columns(n=_c("interval_start_ms") // IMS).join(marks.drop("site_id"), on=KEYS)
+            return empty_evaluations()
+        iv = iv.with_columns(n=_c("interval_start_ms") // IMS).join(marks, on=SID)
         iv = iv.filter((_c("n") < _c("hi")) & (_c("n") >= _c("lo")))
         self._store(iv.unique(["_row", "n"], keep="last"))
+        # the series with intervals to judge, with their keys and site (of their last reading)
+        marks = marks.filter(_c("hi") > _c("lo"))
+        marks = batch.readings.select(*KEYS, "site_id")[marks["_i"].to_numpy()].hstack(marks.drop(SID, "_i"))
         return self._evaluate(marks, ctx)
 
     def _store(self, iv: pl.DataFrame) -> None:
@@ -130,8 +133,7 @@ class Spike:
         n = iv["n"].to_numpy().astype(np.int64)
         x = (iv["measured"] + iv["estimated"]).to_numpy().astype(np.float32)
         x[(iv["flags"].to_numpy() & _SKIP) != 0] = np.nan
-        h.vals[rows, n % h.slots] = x
-        h.stamp[rows, n % h.slots] = np.where(np.isnan(x), -1, n)  # -1: nothing usable in the slot
+        h.put(rows, n, x)
 
     def _evaluate(self, marks: pl.DataFrame, ctx: Context) -> pl.DataFrame:
         params = [
@@ -145,7 +147,7 @@ class Spike:
             "noise_threshold",
         ]
         # intervals i = n - 2 for every newly complete n (both successors of i are complete)
-        todo = marks.filter(_c("hi") > _c("lo")).with_columns(i=pl.int_ranges(_c("lo") - 2, _c("hi") - 2)).explode("i")
+        todo = marks.with_columns(i=pl.int_ranges(_c("lo") - 2, _c("hi") - 2)).explode("i")
         todo = with_params(ctx, self.spec.id, todo.drop("lo", "hi"), params)
         if todo.is_empty():
             return finish(todo, self.spec.id)
@@ -251,7 +253,7 @@ class Spike:
         with np.errstate(invalid="ignore"):
             m = np.where(enough, np.fmax(row_median(slot), row_median(same)), np.nan)
         mad = row_median(np.abs(slot - m[:, None]))
-        stamps = h.stamp[rows]
+        stamps = h.numbers(rows)
         window = (stamps >= (i - days)[:, None]) & (stamps < i[:, None])
         level = row_median(np.where(window, h.vals[rows], np.nan).astype(np.float64))
         return {

@@ -23,6 +23,7 @@ import pyarrow as pa
 from pipeline.anomaly.inputs import Context, MeterBatch, MeterRule, SimBatch, SimRule
 from pipeline.anomaly.lifecycle import AlertTracker
 from pipeline.anomaly.model import State, Transition
+from pipeline.anomaly.numbering import Numbering
 from pipeline.anomaly.policy import Policy
 from pipeline.errors import PROCESSING_FAILURES
 from pipeline.sinks.alerts import alerts_table
@@ -81,11 +82,12 @@ class MeterAlerts(_Stage):
         self._rules = list(rules)
         self._derive = derive
         self._attribute = attribute
+        self._numbering = Numbering()  # the rules' series numbers: one per stage, for the stage's life
 
     def __call__(self, readings: pl.DataFrame, now_ms: int) -> dict[str, pa.Table]:
         tables = self._derive(readings, now_ms) if self._derive is not None else {}
-        batch = MeterBatch(
-            readings=readings,
+        batch = self._numbering.batch(
+            readings,
             intervals=_ms(_polars(tables.get("intervals_store")), "interval_start"),
             events=_ms(_polars(tables.get("register_events_store")), "ts", "prev_ts"),
         )

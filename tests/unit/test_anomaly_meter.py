@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.anomaly import RULES, Context, MeterBatch, Policy, Severity, State
+from pipeline.anomaly import RULES, Context, MeterBatch, Numbering, Policy, Severity, State
 from pipeline.anomaly.connectivity import ClockInvalid, Gap
 from pipeline.anomaly.machines import FuelDrop, GeneratorUnexpectedRun, HvacDeltaT, HvacShortCycling
 from pipeline.anomaly.meter_rules import METER_RULE_IDS, meter_rules
@@ -587,12 +587,12 @@ def test_leaving_out_quiet_rows_of_subjects_without_an_open_episode_changes_no_t
     from pipeline.anomaly.lifecycle import AlertTracker
 
     def transitions(pruned: bool) -> tuple[list, int]:
-        tracker, derive, rules = AlertTracker(_POLICY), StreamDerive(_MIXED[1]), meter_rules()
+        tracker, derive, rules, numbering = AlertTracker(_POLICY), StreamDerive(_MIXED[1]), meter_rules(), Numbering()
         out, rows = [], 0
         for b in split_by_time(_MIXED[0], 4 * HOUR):
             now = int(b["ts_ms"].max()) + 60_000  # type: ignore[arg-type]
             ctx = Context(_POLICY, _MIXED[1], now, tracker.open_subjects() if pruned else None)
-            batch = MeterBatch(b, *derive(b))
+            batch = numbering.batch(b, *derive(b))
             frames = [f for f in (r(batch, ctx) for r in rules) if f.height]
             evals = pl.concat(frames) if frames else pl.DataFrame()
             rows += evals.height

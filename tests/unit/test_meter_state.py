@@ -7,9 +7,15 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.anomaly.meter_state import KeyRows, SeriesRing, WindowAcc
+from pipeline.anomaly.numbering import SID, KeyRows
+from pipeline.anomaly.series_state import SeriesRing, WindowAcc
 
 TOL = 0.5
+
+
+def _number(col: str) -> pl.Expr:
+    """Series numbers as the stage's numbering gives them: b first, so numbers differ from name order."""
+    return pl.col(col).replace_strict({"b": 0, "c": 1, "a": 2}, return_dtype=pl.Int64)
 
 
 def _naive(samples: list[tuple[str, int, float]], n: int) -> dict[tuple[str, int], tuple[float, float, float]]:
@@ -34,15 +40,17 @@ def test_ring_windows_equal_a_recomputation_over_the_whole_series(samples, n, si
     """Samples arrive in time order per series (rules skip older ones), batched at random; with ``tol``
     a sample far from its predecessor need only be known not to be within ``tol``."""
     samples = sorted(samples, key=lambda x: x[1])
-    ring = SeriesRing(["s"], n - 1)
+    ring = SeriesRing(n - 1)
     got = {}
     for i in range(0, len(samples), size):
         part = samples[i : i + size]
         frame = pl.DataFrame(part, schema={"s": pl.Utf8, "ts_ms": pl.Int64, "value": pl.Float64}, orient="row")
         # "mixed": series c uses a shorter window (as a per-tenant override would), so windows differ per row
         frame = frame.with_columns(n=pl.when(pl.col("s") == "c").then(pl.lit(2 if mixed else n)).otherwise(n),
-                                   eps=pl.lit(TOL))  # fmt: skip
-        rows, hi, lo = ring.roll(frame, "n", tol="eps" if tol else None)
+                                   **{SID: _number("s")})  # fmt: skip
+        ids, ts, vals, each = (frame[c].to_numpy() for c in (SID, "ts_ms", "value", "n"))
+        at, hi, lo = ring.roll(ids, ts, vals, each if mixed else n, tol=TOL if tol else None)  # per sample or one
+        rows = frame[at]
         got.update({(s, t): (h, lw) for s, t, h, lw in zip(rows["s"], rows["ts_ms"], hi, lo, strict=True)})
     want = {**_naive([x for x in samples if x[0] != "c"], n), **_naive([x for x in samples if x[0] == "c"],
                                                                         2 if mixed else n)}  # fmt: skip
@@ -66,14 +74,14 @@ def test_window_sums_equal_a_recomputation_over_the_whole_series(samples, size, 
     a batch's rows come in any order (series interleaved, time ascending within a series). Every batch is
     delivered twice; the second time adds nothing."""
     samples = sorted(samples, key=lambda x: x[1])
-    acc = WindowAcc(["s"], ["v", "n"], ["s"])
+    acc = WindowAcc(["v", "n"], ["s"])
     got = []
     for i in range(0, len(samples), size):
         part = samples[i : i + size]
         if shuffled:
             part = sorted(part, key=lambda x: ("cab".index(x[0]), x[1]))
         frame = pl.DataFrame(part, schema={"s": pl.Utf8, "ts_ms": pl.Int64, "v": pl.Float64}, orient="row")
-        frame = frame.with_columns(width_ms=pl.lit(10, pl.Int64), n=pl.lit(1.0))
+        frame = frame.with_columns(width_ms=pl.lit(10, pl.Int64), n=pl.lit(1.0), **{SID: _number("s")})
         got.extend(acc.add(frame).select("s", "window_ms", "v", "n").iter_rows())
         assert acc.add(frame).is_empty()  # delivered again: nothing is newer than what was seen
     want = []
