@@ -24,8 +24,18 @@ import polars as pl
 
 from pipeline.anomaly.catalogue import RULES
 from pipeline.anomaly.inputs import Context, MeterBatch
-from pipeline.anomaly.meter_state import DEVICE, DeviceFloats, finish, iso_expr, relevant, with_params
-from pipeline.anomaly.model import Severity
+from pipeline.anomaly.meter_state import (
+    DEVICE,
+    DeviceFloats,
+    finish,
+    iso_expr,
+    keep_relevant,
+    param_column,
+    relevant,
+    row_params,
+    with_params,
+)
+from pipeline.anomaly.model import Severity, empty_evaluations
 from pipeline.anomaly.numbering import DID
 from pipeline.anomaly.series_state import SeriesLast
 from pipeline.flags import Flag
@@ -49,29 +59,30 @@ class Gap:
     def __init__(self) -> None:
         self.spec = RULES["gap"]
         self._last = SeriesLast(DID)
-        self._periods = DeviceFloats({"own": lambda r, _: r.expected_period_s, "upload": _upload_period})
+        self._periods = DeviceFloats(lambda r, _: r.expected_period_s, _upload_period)
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
-        times = batch.readings.select(*DEVICE, "ts_ms", DID)
+        r = batch.readings
+        did, ts = r[DID].to_numpy(), r["ts_ms"].to_numpy()
         # a reading's channels are adjacent rows: keep one (cheap); the step drops other repeated times
-        times = times.filter((_c(DID) != _c(DID).shift()) | (_c("ts_ms") != _c("ts_ms").shift())
-                             | _c("ts_ms").shift().is_null())  # fmt: skip
-        if times.is_empty():
-            return finish(times, self.spec.id)
-        pairs = self._last.step(times).rename({"prev_ts": "prev"})  # (repeated times: the first only)
-        pairs = with_params(ctx, self.spec.id, pairs, ["period_factor", "default_period_s"])
-        if pairs.is_empty():
-            return finish(pairs, self.spec.id)
-        p = self._periods(ctx, pairs)
-        own = np.where(np.isnan(p["own"]), pairs["default_period_s"].to_numpy().astype(np.float64), p["own"])
-        limit = (pairs["period_factor"].to_numpy() * np.fmax(own, p["upload"]) * 1000).astype(np.int64)
-        pairs = pairs.with_columns(period=pl.Series((own * 1000).astype(np.int64)), limit=pl.Series(limit))
-        if ctx.open is not None:  # only the rows relevant() keeps: none on a quiet batch
-            prev = pairs["prev"]
-            gap = (prev.is_not_null() & (pairs["ts_ms"] - prev.fill_null(0) > pairs["limit"])).to_numpy()
-            watch = {*ctx.open.get(self.spec.id, ()), *pairs["device_id"].filter(gap).to_list()}
-            pairs = pairs.filter(pairs["device_id"].is_in(list(watch))) if watch else pairs.clear()
-        pairs = pairs.with_columns(hole=_c("ts_ms") - _c("prev"))
+        one = np.flatnonzero(np.r_[True, (did[1:] != did[:-1]) | (ts[1:] != ts[:-1])]) if len(did) else did
+        at, p = row_params(ctx, self.spec.id, r, one, ["period_factor", "default_period_s"])
+        if not len(at):
+            return empty_evaluations()
+        pairs = self._last.step(pl.DataFrame({DID: did[at], "ts_ms": ts[at], "_i": at}).with_columns(
+            factor=param_column(p["period_factor"]), default=param_column(p["default_period_s"])))  # fmt: skip
+        rows = pairs["_i"].to_numpy()
+        own, upload = self._periods(ctx, r, rows)
+        own = np.where(np.isnan(own), pairs["default"].to_numpy().astype(np.float64), own)
+        limit = (pairs["factor"].to_numpy() * np.fmax(own, upload) * 1000).astype(np.int64)
+        prev = pairs["prev_ts"]
+        gap = (prev.is_not_null() & (pairs["ts_ms"] - prev.fill_null(0) > pl.Series(limit))).to_numpy()
+        keep = keep_relevant(ctx, self.spec.id, r["device_id"], rows, gap)
+        if not keep.any():  # a quiet batch
+            return empty_evaluations()
+        pairs = r.select(*DEVICE)[rows[keep]].hstack(pairs.filter(pl.Series(keep)).select("ts_ms", prev="prev_ts"))
+        period = pl.Series((own[keep] * 1000).astype(np.int64))
+        pairs = pairs.with_columns(period=period, limit=pl.Series(limit[keep]), hole=_c("ts_ms") - _c("prev"))
         rows = pairs.select(*DEVICE, "ts_ms", "prev", "period", "hole", severity=pl.lit(int(Severity.WARNING)),
                             observed=(_c("hole") / 1000).fill_null(0.0), threshold=_c("limit") / 1000,
                             gap=(_c("prev").is_not_null() & (_c("hole") > _c("limit"))))  # fmt: skip

@@ -145,28 +145,28 @@ class DeviceFloats:
     time, as :class:`DeviceAttrs`: for a rule that needs them for every device of every batch, where a
     join on device ids cost more than the rule."""
 
-    def __init__(self, getters: dict[str, Getter], max_age_ms: int = 300_000) -> None:
+    def __init__(self, *getters: Getter, max_age_ms: int = 300_000) -> None:
         self.getters = getters
         self.max_age_ms = max_age_ms
         self._at = np.zeros(0, np.int64)  # when read; 0: never (or not registered then)
-        self._vals = {n: np.zeros(0) for n in getters}
+        self._vals = [np.zeros(0) for _ in getters]
 
-    def __call__(self, ctx: Context, frame: pl.DataFrame) -> dict[str, np.ndarray]:
-        """The attributes of the device of every row of ``frame`` (device_id, DID), aligned with its rows."""
-        ids = frame[DID].to_numpy()
+    def __call__(self, ctx: Context, frame: pl.DataFrame, rows: np.ndarray) -> list[np.ndarray]:
+        """Per getter, the attribute of the device of each of rows ``rows`` of ``frame`` (device_id, DID)."""
+        ids = frame[DID].to_numpy()[rows]
         if len(ids) and int(ids.max()) >= len(self._at):
             more = max(int(ids.max()) + 1 - len(self._at), len(self._at) // 4, 1024)
             self._at = np.concatenate([self._at, np.zeros(more, np.int64)])
-            self._vals = {n: np.concatenate([v, np.full(more, np.nan)]) for n, v in self._vals.items()}
+            self._vals = [np.concatenate([v, np.full(more, np.nan)]) for v in self._vals]
         stale = np.flatnonzero(self._at[ids] <= ctx.now_ms - self.max_age_ms)
         if len(stale):
             nums, first = np.unique(ids[stale], return_index=True)
-            regs = [ctx.registry.get(d) for d in frame["device_id"].gather(stale[first]).to_list()]
-            for name, get in self.getters.items():
+            regs = [ctx.registry.get(d) for d in frame["device_id"].gather(rows[stale[first]]).to_list()]
+            for get, vals in zip(self.getters, self._vals, strict=True):
                 got = [get(r, ctx) if r is not None else None for r in regs]
-                self._vals[name][nums] = np.array([np.nan if v is None else float(v) for v in got])
+                vals[nums] = np.array([np.nan if v is None else float(v) for v in got])
             self._at[nums] = np.where([r is not None for r in regs], ctx.now_ms, 0)
-        return {n: v[ids] for n, v in self._vals.items()}
+        return [v[ids] for v in self._vals]
 
 
 def attribute(name: str) -> Getter:

@@ -38,7 +38,7 @@ from pipeline.anomaly.meter_state import (
 )
 from pipeline.anomaly.model import Severity, empty_evaluations
 from pipeline.anomaly.numbering import DID, QID, SID, rows_of
-from pipeline.anomaly.series_state import SeriesLast, SeriesRing
+from pipeline.anomaly.series_state import SeriesLast, SeriesRing, each, same_reading
 from pipeline.catalogue import Catalogue, Kind, load_catalogue
 
 __all__ = ["Flatline", "ImplausibleJump", "NegativeDelta"]
@@ -83,26 +83,23 @@ class Flatline:
         at, p = row_params(ctx, self.spec.id, r, rows_of(batch, _REGISTERS), ["power_threshold_w"])
         if not len(at):
             return pl.DataFrame()
-        num = r.select(DID, SID, "ts_ms", "value")
-        power = num[rows_of(batch, ["active_power"])].select(DID, "ts_ms", p="value")
+        did, ts, value = r[DID].to_numpy(), r["ts_ms"].to_numpy(), r["value"].to_numpy()
+        pw = same_reading(did, ts, rows_of(batch, ["active_power"]), at)  # the active power of each reading
         export = batch.quantities.get("active_energy_export", -1)
-        sign = np.where(batch.readings[QID].to_numpy()[at] == export, -1.0, 1.0)
-        regs = num[at].with_columns(_i=pl.Series(at), sign=pl.Series(sign), thr=param_column(p["power_threshold_w"]))
-        regs = regs.join(power, on=[DID, "ts_ms"], how="left", maintain_order="left_right")
-        if regs.height > len(at):  # a power reading repeated at one time: the first one
-            regs = regs.unique("_i", keep="first", maintain_order=True)
-        pairs = self._registers.step(regs.with_columns(power=_c("p") * _c("sign")))
-        pairs = pairs.filter(pl.all_horizontal(_c(k).is_not_null() for k in ("prev_value", "power", "prev_power")))
-        pairs = pairs.with_columns(low=pl.min_horizontal("power", "prev_power"))
-        firing = ((pairs["value"] == pairs["prev_value"]) & (pairs["low"] > pairs["thr"])).to_numpy()
-        rows = pairs["_i"].to_numpy()
-        keep = keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing)
+        sign = np.where(batch.readings[QID].to_numpy()[at] == export, -1.0, 1.0)  # export: power < 0
+        power = np.where(pw >= 0, value[pw] * sign, np.nan)
+        got, _, (v0, p0) = self._registers.advance(r[SID].to_numpy()[at], ts[at], [value[at], power])
+        rows, v, now, thr = at[got], value[at[got]], power[got], each(p["power_threshold_w"], got)
+        with np.errstate(invalid="ignore"):
+            low = np.minimum(now, p0)  # NaN unless both readings have a power
+            valid = ~np.isnan(v0) & ~np.isnan(low)
+            firing = valid & (v == v0) & (low > thr)
+        keep = valid & keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing)
         if not keep.any():
             return pl.DataFrame()
-        out = r.select(*DEVICE, "quantity")[rows[keep]].hstack(pairs.filter(pl.Series(keep)))
-        out = out.select(
-            *DEVICE, "quantity", "ts_ms", "value", firing=pl.Series(firing[keep]), severity=pl.lit(_W),
-            observed="low", threshold=_c("thr").cast(pl.Float64),
+        out = r.select(*DEVICE, "quantity", "ts_ms", "value")[rows[keep]].with_columns(
+            firing=pl.Series(firing[keep]), severity=pl.lit(_W), observed=pl.Series(low[keep]),
+            threshold=pl.Series(np.asarray(thr, np.float64)[keep]),
         )  # fmt: skip
         return with_message(out, pl.format("{} register unchanged at {} while power >= {} W at {}", "quantity",
                                            "value", _c("observed").round(0), iso_expr("ts_ms")))  # fmt: skip

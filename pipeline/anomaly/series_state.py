@@ -22,7 +22,7 @@ import polars as pl
 
 from pipeline.anomaly.numbering import SID
 
-__all__ = ["SeriesIndex", "SeriesLast", "SeriesRing", "WindowAcc", "series_order"]
+__all__ = ["SeriesIndex", "SeriesLast", "SeriesRing", "WindowAcc", "each", "same_reading", "series_order"]
 
 _NONE = np.iinfo(np.int64).min
 
@@ -37,7 +37,7 @@ def series_order(rows: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return order
 
 
-def _each(v: float | np.ndarray, at: np.ndarray) -> np.ndarray:
+def each(v: float | np.ndarray, at: np.ndarray) -> np.ndarray:
     """``v[at]`` of an array, or a scalar repeated (a read-only view: no copy)."""
     return v[at] if isinstance(v, np.ndarray) else np.broadcast_to(np.asarray(v), at.shape)
 
@@ -117,24 +117,52 @@ class SeriesLast(SeriesIndex):
     def step(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` (``by`` + ts_ms + fields) → its new rows in series/time order with ``prev_ts`` (null:
         none) and ``prev_<field>`` of the previous reading of the series; remembers the newest."""
-        at, rows, ts = self._fresh(frame)
-        frame = frame[at]
-        if not len(rows):
-            return frame.with_columns(pl.lit(None, pl.Int64).alias("prev_ts"),
-                                      *(pl.lit(None, pl.Float64).alias(f"prev_{f}") for f in self.fields))  # fmt: skip
-        first = np.r_[True, rows[1:] != rows[:-1]]
-        last = np.r_[rows[1:] != rows[:-1], True]
-        prev_ts = np.r_[_NONE, ts[:-1]]
+        at, prev_ts, prevs = self.advance(frame[self.by].to_numpy(), frame["ts_ms"].to_numpy(),
+                                          [frame[f].to_numpy() for f in self.fields])  # fmt: skip
+        cols = [pl.Series(f"prev_{f}", p).fill_nan(None) for f, p in zip(self.fields, prevs, strict=True)]
+        return frame[at].with_columns(pl.Series("prev_ts", prev_ts).replace(_NONE, None), *cols)
+
+    def advance(self, ids: np.ndarray, ts: np.ndarray,
+                values: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:  # fmt: skip
+        """Samples (numbers, times, one array per field) → (positions of the new ones in series/time order,
+        the previous reading's time (``_NONE``: none) and fields (NaN: none) for each); remembers the newest."""
+        at, rows, ts = self._fresh_of(ids, ts)
+        first = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, bool)
+        last = np.r_[rows[1:] != rows[:-1], True] if len(rows) else first
+        prev_ts = np.r_[_NONE, ts[:-1]] if len(rows) else ts.copy()
         prev_ts[first] = self._last[rows[first]]
-        cols = {"prev_ts": pl.Series(prev_ts).replace(_NONE, None)}
-        for f in self.fields:
-            v = frame[f].to_numpy().astype(np.float64)
-            prev = np.r_[np.nan, v[:-1]]
+        prevs = []
+        for f, field in zip(self.fields, values, strict=True):
+            v = field[at].astype(np.float64)
+            prev = np.r_[np.nan, v[:-1]] if len(v) else v.copy()
             prev[first] = self._prev[f][rows[first]]
-            cols[f"prev_{f}"] = pl.Series(prev).fill_nan(None)
+            prevs.append(prev)
             self._prev[f][rows[last]] = v[last]
         self._last[rows[last]] = ts[last]
-        return frame.with_columns(**cols)
+        return at, prev_ts, prevs
+
+
+def same_reading(device: np.ndarray, ts: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """For each row ``dst`` of a batch, the first row among ``src`` of the same device and time (-1: none):
+    a join on (device number, time) as one int64 key, in numpy (a polars join cost 3 ms a batch)."""
+    out = np.full(len(dst), -1, np.int64)
+    if not len(src) or not len(dst):
+        return out
+    t0, span = int(min(ts[src].min(), ts[dst].min())), int(max(ts[src].max(), ts[dst].max())) + 1
+    span -= t0
+    if int(max(device[src].max(), device[dst].max()) + 1) * span >= 2**62:  # the key would overflow
+        ks, kd = (pl.DataFrame({"d": device[x], "t": ts[x]}) for x in (src, dst))
+        hit = kd.join(ks.with_row_index("i").unique(["d", "t"], keep="first"), on=["d", "t"], how="left",
+                      maintain_order="left")  # fmt: skip
+        i = hit["i"]
+        return np.where(i.is_null().to_numpy(), -1, src[i.fill_null(0).to_numpy()])
+    key_s = device[src].astype(np.int64) * span + (ts[src] - t0)
+    key_d = device[dst].astype(np.int64) * span + (ts[dst] - t0)
+    keys, first = np.unique(key_s, return_index=True)
+    pos = np.minimum(np.searchsorted(keys, key_d), len(keys) - 1)
+    found = keys[pos] == key_d
+    out[found] = src[first[pos[found]]]
+    return out
 
 
 class SeriesRing(SeriesIndex):
@@ -179,8 +207,8 @@ class SeriesRing(SeriesIndex):
         others only). Returns (positions of the new samples, in series and time order; hi; lo)."""
         at, rows, ts = self._fresh_of(ids, ts)
         vals = values[at].astype(np.float64)
-        need = _each(n, at).astype(np.int64) - 1
-        near = _each(tol, at).astype(np.float64) if tol is not None else None
+        need = each(n, at).astype(np.int64) - 1
+        near = each(tol, at).astype(np.float64) if tol is not None else None
         self._widen(int(need.max()) if len(need) else 0)
         hi, lo = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
         if not len(rows):
@@ -197,7 +225,7 @@ class SeriesRing(SeriesIndex):
             before[starts] = self._vals[rows[starts], (self._pos[rows[starts]] - 1) % w]
             with np.errstate(invalid="ignore"):
                 close = ~(np.abs(vals - before) > near)  # NaN (no sample before): the exact way
-            rounds = np.repeat(np.add.reduceat(close, starts) > 0, sizes)
+            rounds = np.repeat(np.add.reduceat(close, starts) > 0, sizes) if close.any() else close  # (all False)
             if not rounds.any():  # the usual batch: every series is live
                 self._fold_loose(rows, vals, ts, before, rank, need, hi, lo, slice(None))
             elif not rounds.all():

@@ -113,7 +113,7 @@ class Spike:
         at = rows_of(batch, q)
         if not len(at):
             return empty_evaluations()
-        marks = self._hist.advance(batch.readings.select(SID, "ts_ms")[at].with_columns(_i=pl.Series(at)))
+        marks = self._hist.advance(batch.readings[SID].to_numpy()[at], batch.readings["ts_ms"].to_numpy()[at], at)
         iv = batch.intervals.filter(_c("quantity").is_in(q)) if batch.intervals.height else batch.intervals
         if iv.is_empty():
             return empty_evaluations()
@@ -122,6 +122,8 @@ class Spike:
         self._store(iv.unique(["_row", "n"], keep="last"))
         # the series with intervals to judge, with their keys and site (of their last reading)
         marks = marks.filter(_c("hi") > _c("lo"))
+        if marks.is_empty():  # no interval completed in this batch (most batches)
+            return empty_evaluations()
         marks = batch.readings.select(*KEYS, "site_id")[marks["_i"].to_numpy()].hstack(marks.drop(SID, "_i"))
         return self._evaluate(marks, ctx)
 
@@ -255,7 +257,7 @@ class Spike:
         mad = row_median(np.abs(slot - m[:, None]))
         stamps = h.numbers(rows)
         window = (stamps >= (i - days)[:, None]) & (stamps < i[:, None])
-        level = row_median(np.where(window, h.vals[rows], np.nan).astype(np.float64))
+        level = row_median(np.where(window, h.values(rows), np.nan).astype(np.float64))
         return {
             "m": np.nan_to_num(m, nan=0.0),
             "mad": np.nan_to_num(mad, nan=0.0),

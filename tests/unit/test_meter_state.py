@@ -7,8 +7,9 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.anomaly.interval_history import DAY_SLOTS, IntervalHistory
 from pipeline.anomaly.numbering import SID, KeyRows
-from pipeline.anomaly.series_state import SeriesRing, WindowAcc
+from pipeline.anomaly.series_state import SeriesRing, WindowAcc, same_reading
 
 TOL = 0.5
 
@@ -105,3 +106,34 @@ def test_key_rows_number_keys_in_order_of_first_sight_across_batches(batches: li
         for k in keys.tolist():
             want.setdefault(k, len(want))
         assert got.tolist() == [want[k] for k in keys.tolist()] and len(index) == len(want)
+
+
+def test_interval_history_keeps_its_values_as_it_grows_and_widens() -> None:
+    """Rings made in two growth steps, then a window widened past 8 days: every stored interval is found
+    again at its number (and only there), through take, numbers and values alike."""
+    hist = IntervalHistory()
+    first = hist.rings(hist.rows(np.arange(100)))
+    n = 1_000_000 + np.arange(100) * 7
+    x = np.arange(100, dtype=np.float32) + 0.5
+    hist.put(first, n, x)
+    second = hist.rings(hist.rows(np.arange(100, 400)))
+    hist.put(second[:1], n[:1], np.array([np.nan], np.float32))  # nothing usable: not stored
+    hist.ensure_slots(10.0)
+    assert hist.slots == 11 * DAY_SLOTS
+    assert np.array_equal(hist.take(first, n[:, None])[:, 0], x)
+    assert np.isnan(hist.take(first, n[:, None] + hist.slots)).all()  # same slot, another interval
+    assert np.isnan(hist.take(second, np.full((300, 1), n[0]))).all()  # new rings, and the NaN not stored
+    nums, vals = hist.numbers(first), hist.values(first)
+    assert [sorted(set(r[r >= 0].tolist())) for r in nums] == [[k] for k in n.tolist()]
+    assert np.array_equal(vals[nums == n[:, None]], x)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), min_size=1, max_size=40), st.booleans())
+def test_same_reading_finds_the_first_row_of_the_same_device_and_time(rows: list[tuple[int, int]], huge: bool) -> None:
+    """Against a scan; ``huge`` device numbers take the join that does not fit an int64 key."""
+    device = np.array([d for d, _ in rows], np.int64) + (2**61 if huge else 0)
+    ts = np.array([1_700_000_000_000 + t * 60_000 for _, t in rows], np.int64)
+    src, dst = np.arange(0, len(rows), 2), np.arange(len(rows))
+    want = [next((s for s in src.tolist() if (device[s], ts[s]) == (device[d], ts[d])), -1) for d in dst.tolist()]
+    assert same_reading(device, ts, src, dst).tolist() == want
