@@ -30,8 +30,9 @@ CATCH_UP_MS = 10 * 60_000  # the last throughput poll is this long before the la
 
 
 def history_base(polls: int) -> int:
-    """ts of poll 0 of a throughput workload: recent history a fleet catches up on, ending 10 min ago."""
-    return int(time.time() * 1000) - polls * W.POLL_MS - CATCH_UP_MS
+    """ts of poll 0 of a throughput workload: recent history a fleet catches up on, ending 10-25 min ago,
+    with a 15-min boundary in its middle (:func:`bench.workload.straddling_base`)."""
+    return W.straddling_base(int(time.time() * 1000) - CATCH_UP_MS, polls)
 
 
 @dataclass(frozen=True)

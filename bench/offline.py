@@ -86,7 +86,7 @@ def compare(settings: Settings, shape: W.Shape, devices: int, polls: int, rounds
     create every series) and the rows each wrote; the two must write the same readings.
     ``max_messages``: messages per batch (default: the worker's ``BATCH_MAX_MESSAGES``)."""
     now = int(time.time() * 1000) // W.POLL_MS * W.POLL_MS
-    base = now - (polls + 1) * W.POLL_MS
+    base = W.straddling_base(now - W.POLL_MS, polls)
     writer = W.AvroWriter()
     registry = Registry()
     for i in range(devices):

@@ -35,6 +35,17 @@ QUANTITIES: tuple[str, ...] = (
 )
 VALUES_PER_READING = len(QUANTITIES)
 POLL_MS = 15_000  # historical readings are 15 s apart per device
+INTERVAL_MS = 900_000  # the 15-min consumption interval the derive stage and the spike rule work on
+
+
+def straddling_base(end_ms: int, polls: int) -> int:
+    """ts of poll 0 of ``polls`` polls ending at or before ``end_ms``, placed so that a 15-min boundary falls
+    in their middle. Every run then derives (and judges) the same intervals: a window of a few minutes
+    crosses one a third of the time at random, which moved a run's cost by more than an A/B pair measures."""
+    half = polls // 2 * POLL_MS
+    return (end_ms - polls * POLL_MS + half) // INTERVAL_MS * INTERVAL_MS - half
+
+
 TENANTS = 20
 DEVICES_PER_SITE = 50
 DEVICES_PER_GATEWAY = 500
