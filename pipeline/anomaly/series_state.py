@@ -81,10 +81,6 @@ class SeriesIndex:
                 self._capacity += extra
         return rows.astype(np.int64)
 
-    def assign(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` (with column ``by``) + ``_row``, the row of its series."""
-        return frame.with_columns(_row=pl.Series(self.rows(frame[self.by].to_numpy()), dtype=pl.Int64))
-
     def _fresh(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(positions in ``frame``, rows, ts) of the samples newer than their series' newest, in series and
         time order (a repeated timestamp: the first sample wins)."""
