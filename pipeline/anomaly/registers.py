@@ -18,6 +18,8 @@ and time). The event rules read the register events the derive stage computed fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import polars as pl
 
@@ -49,6 +51,8 @@ _SERIES = [*DEVICE, "quantity"]
 # Temperatures and humidity of idle equipment are legitimately constant at the sensor's resolution for an
 # hour (a stopped generator's coolant at ambient): the stuck-signal test watches the electrical signals.
 _STEADY_UNITS = {"degC", "%"}
+# one part of flatline's evaluation: (rows of the batch, firing, valid, build(keep) -> evaluation rows)
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], pl.DataFrame]]
 
 
 def _c(name: str) -> pl.Expr:
@@ -67,22 +71,25 @@ class Flatline:
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
         r = batch.readings.select(*_SERIES, "ts_ms", "value", DID, SID)
-        frozen = self._frozen_registers(batch, r, ctx)
-        frozen_devices = frozen.filter(_c("firing"))["device_id"].to_list() if frozen.height else []
-        parts = [p for p in (frozen, self._stuck_signals(batch, r, ctx, frozen_devices)) if p.height]
-        if not parts:
+        parts = [p for p in (self._frozen_registers(batch, r, ctx), self._stuck_signals(batch, r, ctx)) if p]
+        # relevant() over both parts at once: a device that fires in one keeps its quiet rows in the other
+        fired = [d for rows, firing, _, _ in parts for d in r["device_id"].gather(rows[firing]).to_list()]
+        frames = [build(valid & keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing, fired))
+                  for rows, firing, valid, build in parts]  # fmt: skip
+        frames = [f for f in frames if f.height]
+        if not frames:
             return empty_evaluations()
-        rows = relevant(pl.concat(parts, how="diagonal_relaxed"), ctx, self.spec.id)
+        rows = relevant(pl.concat(frames, how="diagonal_relaxed"), ctx, self.spec.id)
         return finish(merge_per_ts(rows), self.spec.id)
 
-    # Both parts work on numbers (positions in the batch, series numbers, times, values) and gather the
-    # strings of the rows they emit only: with a lifecycle, those relevant() keeps (keep_relevant), which
-    # on a quiet batch are none.
+    # Both parts work on numbers (positions in the batch, series numbers, times, values) and return
+    # (rows of the batch, firing, valid, build): build(keep) gathers the strings of the rows kept only,
+    # with a lifecycle those relevant() keeps (keep_relevant), which on a quiet batch are none.
 
-    def _frozen_registers(self, batch: MeterBatch, r: pl.DataFrame, ctx: Context) -> pl.DataFrame:
+    def _frozen_registers(self, batch: MeterBatch, r: pl.DataFrame, ctx: Context) -> _Part | None:
         at, p = row_params(ctx, self.spec.id, r, rows_of(batch, _REGISTERS), ["power_threshold_w"])
         if not len(at):
-            return pl.DataFrame()
+            return None
         did, ts, value = r[DID].to_numpy(), r["ts_ms"].to_numpy(), r["value"].to_numpy()
         pw = same_reading(did, ts, rows_of(batch, ["active_power"]), at)  # the active power of each reading
         export = batch.quantities.get("active_energy_export", -1)
@@ -94,21 +101,24 @@ class Flatline:
             low = np.minimum(now, p0)  # NaN unless both readings have a power
             valid = ~np.isnan(v0) & ~np.isnan(low)
             firing = valid & (v == v0) & (low > thr)
-        keep = valid & keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing)
-        if not keep.any():
-            return pl.DataFrame()
-        out = r.select(*DEVICE, "quantity", "ts_ms", "value")[rows[keep]].with_columns(
-            firing=pl.Series(firing[keep]), severity=pl.lit(_W), observed=pl.Series(low[keep]),
-            threshold=pl.Series(np.asarray(thr, np.float64)[keep]),
-        )  # fmt: skip
-        return with_message(out, pl.format("{} register unchanged at {} while power >= {} W at {}", "quantity",
-                                           "value", _c("observed").round(0), iso_expr("ts_ms")))  # fmt: skip
 
-    def _stuck_signals(self, batch: MeterBatch, r: pl.DataFrame, ctx: Context, also: list[str]) -> pl.DataFrame:
-        """Samples with a full window; ``also``: devices that fire in the other part."""
+        def build(keep: np.ndarray) -> pl.DataFrame:
+            if not keep.any():
+                return pl.DataFrame()
+            out = r.select(*DEVICE, "quantity", "ts_ms", "value")[rows[keep]].with_columns(
+                firing=pl.Series(firing[keep]), severity=pl.lit(_W), observed=pl.Series(low[keep]),
+                threshold=pl.Series(np.asarray(thr, np.float64)[keep]),
+            )  # fmt: skip
+            return with_message(out, pl.format("{} register unchanged at {} while power >= {} W at {}", "quantity",
+                                               "value", _c("observed").round(0), iso_expr("ts_ms")))  # fmt: skip
+
+        return rows, firing, valid, build
+
+    def _stuck_signals(self, batch: MeterBatch, r: pl.DataFrame, ctx: Context) -> _Part | None:
+        """Samples with a full window (valid where hi is known)."""
         at, p = row_params(ctx, self.spec.id, r, rows_of(batch, self._signals), ["samples", "epsilon"])
         if not len(at):
-            return pl.DataFrame()
+            return None
         n, eps = np.maximum(p["samples"], 2), p["epsilon"]
         got, hi, lo = self._ring.roll(*(r[c].to_numpy()[at] for c in (SID, "ts_ms", "value")), n, eps)
         n, eps = (v[got] if isinstance(v, np.ndarray) else v for v in (n, eps))
@@ -116,16 +126,19 @@ class Flatline:
             span = hi - lo
             firing = (span <= eps) & ((hi != 0) | (lo != 0))  # false where hi is NaN (fewer samples than n)
         rows = at[got]
-        keep = ~np.isnan(hi) & keep_relevant(ctx, self.spec.id, r["device_id"], rows, firing, also)
-        if not keep.any():
-            return pl.DataFrame()
-        out = r.select(*DEVICE, "quantity", "ts_ms")[rows[keep]].with_columns(
-            hi=pl.Series(hi[keep]), samples=param_column(n, keep), firing=pl.Series(firing[keep]), severity=pl.lit(_W),
-            observed=pl.Series(span[keep]), threshold=param_column(eps, keep).cast(pl.Float64),
-        )  # fmt: skip
-        unit = _c("quantity").replace_strict(self._units, default="")
-        return with_message(out, pl.format("{} stuck at {} {} for the last {} readings (to {})", "quantity", "hi",
-                                           unit, "samples", iso_expr("ts_ms")))  # fmt: skip
+
+        def build(keep: np.ndarray) -> pl.DataFrame:
+            if not keep.any():
+                return pl.DataFrame()
+            out = r.select(*DEVICE, "quantity", "ts_ms")[rows[keep]].with_columns(
+                hi=pl.Series(hi[keep]), samples=param_column(n, keep), firing=pl.Series(firing[keep]),
+                severity=pl.lit(_W), observed=pl.Series(span[keep]), threshold=param_column(eps, keep).cast(pl.Float64),
+            )  # fmt: skip
+            unit = _c("quantity").replace_strict(self._units, default="")
+            return with_message(out, pl.format("{} stuck at {} {} for the last {} readings (to {})", "quantity",
+                                               "hi", unit, "samples", iso_expr("ts_ms")))  # fmt: skip
+
+        return rows, firing, ~np.isnan(hi), build
 
 
 class _RegisterEvent:

@@ -243,6 +243,30 @@ def test_spike_on_a_daily_closing_edge() -> None:
     assert firing(ev, "shop")["ts_ms"].to_list() == [at // (15 * MIN) * (15 * MIN)]
 
 
+def test_flatline_keeps_the_quiet_register_rows_of_a_device_whose_signal_is_stuck() -> None:
+    """With a lifecycle, each part of flatline leaves out quiet rows, but a device that fires in one part
+    keeps its quiet rows in the other (relevant() over both), here register readings at their own times."""
+    ts = every(MON, 14)
+    regs = [t + 30_000 for t in ts]
+    data = pl.concat([
+        rows("mixed", "voltage_l1", ts, [231.0] * 14),
+        rows("mixed", "active_energy_import", regs, [1000.0 + 40 * i for i in range(14)]),
+        rows("mixed", "active_power", regs, [500.0 + i for i in range(14)]),
+        rows("calm", "active_energy_import", regs, [1000.0 + 40 * i for i in range(14)]),
+        rows("calm", "active_power", regs, [500.0 + i for i in range(14)]),
+    ]).sort("ts_ms", "device_id", "quantity")  # fmt: skip
+    reg = registry(*({"subject_id": d, "kind": "electricity_meter"} for d in ("mixed", "calm")))
+
+    def evaluate(open_: dict | None) -> pl.DataFrame:
+        batch = Numbering().batch(data, pl.DataFrame(), pl.DataFrame())
+        return Flatline()(batch, Context(Policy(), reg, ts[-1] + HOUR, open_)).sort("subject_id", "ts_ms")
+
+    full, pruned = evaluate(None), evaluate({})
+    assert set(firing(full, "mixed")["ts_ms"]) == set(ts[11:]) and set(full["subject_id"]) == {"mixed", "calm"}
+    assert pruned.equals(full.filter(pl.col("subject_id") == "mixed"))
+    assert set(regs[1:]) <= set(pruned["ts_ms"])  # the register rows of "mixed", none of them firing
+
+
 def test_flatline() -> None:
     ts = every(MON, 40)
     rng = random.Random(3)
