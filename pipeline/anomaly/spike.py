@@ -45,8 +45,9 @@ With a lifecycle (``Context.open``) the history test runs only where the neighbo
 passes, or for devices with an open episode or a firing interval in the batch: elsewhere
 the interval cannot fire and its evaluation would be ignored.
 
-State: per series a ring buffer of the window's interval values (float32) and interval
-numbers (int32) in two 2-D numpy arrays: 8 days × 96 slots ≈ 6 KB per series.
+State: per series a ring buffer of the window's interval values (float32) and their laps
+(int16) in blocks of 2-D numpy arrays (:class:`IntervalHistory`): 8 days × 96 slots ≈ 4.6 KB
+per series, paid for as the slots fill.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,10 +109,12 @@ def test_key_rows_number_keys_in_order_of_first_sight_across_batches(batches: li
         assert got.tolist() == [want[k] for k in keys.tolist()] and len(index) == len(want)
 
 
-def test_interval_history_keeps_its_values_as_it_grows_and_widens() -> None:
-    """Rings made in two growth steps, then a window widened past 8 days: every stored interval is found
-    again at its number (and only there), through take, numbers and values alike."""
-    hist = IntervalHistory()
+@pytest.mark.parametrize("block", [1 << 14, 64])
+def test_interval_history_keeps_its_values_as_it_grows_and_widens(block: int) -> None:
+    """Rings made in two growth steps (within one block, and across several), then a window widened past
+    8 days: every stored interval is found again at its number (and only there), through take, numbers and
+    values alike."""
+    hist = IntervalHistory(block)
     first = hist.rings(hist.rows(np.arange(100)))
     n = 1_000_000 + np.arange(100) * 7
     x = np.arange(100, dtype=np.float32) + 0.5
@@ -126,6 +129,12 @@ def test_interval_history_keeps_its_values_as_it_grows_and_widens() -> None:
     nums, vals = hist.numbers(first), hist.values(first)
     assert [sorted(set(r[r >= 0].tolist())) for r in nums] == [[k] for k in n.tolist()]
     assert np.array_equal(vals[nums == n[:, None]], x)
+    both = np.r_[second[150:], first[::-1]]  # rings of several blocks, out of order
+    later = n[0] + 3 * DAY_SLOTS + np.arange(len(both))[::-1] * 5  # other slots than n's
+    hist.put(both, later, np.arange(len(both), dtype=np.float32))
+    assert np.array_equal(hist.take(both, later[:, None])[:, 0], np.arange(len(both), dtype=np.float32))
+    assert np.array_equal(hist.take(first, n[:, None])[:, 0], x)  # other slots of the same rings are kept
+    assert (hist.numbers(both) == later[:, None]).sum(axis=1).tolist() == [1] * len(both)
 
 
 @settings(max_examples=100, deadline=None)
