@@ -202,14 +202,13 @@ class SeriesRing(SeriesIndex):
         way, and almost every sample of a live signal is such a one (the window is gathered for the
         others only). Returns (positions of the new samples, in series and time order; hi; lo)."""
         at, rows, ts = self._fresh_of(ids, ts)
-        vals = values[at].astype(np.float64)
-        need = each(n, at).astype(np.int64) - 1
-        near = each(tol, at).astype(np.float64) if tol is not None else None
+        vals = np.asarray(values[at], np.float64)
+        need = np.asarray(each(n, at), np.int64) - 1
+        near = np.asarray(each(tol, at), np.float64) if tol is not None else None
         self._widen(int(need.max()) if len(need) else 0)
-        hi, lo = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
         if not len(rows):
-            return at, hi, lo
-        starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+            return at, np.zeros(0), np.zeros(0)
+        starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
         sizes = np.diff(np.r_[starts, len(rows)])
         rank = np.arange(len(rows)) - np.repeat(starts, sizes)
         w = self.width
@@ -221,13 +220,15 @@ class SeriesRing(SeriesIndex):
             before[starts] = self._vals[rows[starts], (self._pos[rows[starts]] - 1) % w]
             with np.errstate(invalid="ignore"):
                 close = ~(np.abs(vals - before) > near)  # NaN (no sample before): the exact way
-            rounds = np.repeat(np.add.reduceat(close, starts) > 0, sizes) if close.any() else close  # (all False)
-            if not rounds.any():  # the usual batch: every series is live
-                self._fold_loose(rows, vals, ts, before, rank, need, hi, lo, slice(None))
-            elif not rounds.all():
-                loose = ~rounds
-                self._fold_loose(rows[loose], vals[loose], ts[loose], before[loose], rank[loose], need[loose],
-                                 hi, lo, np.flatnonzero(loose))  # fmt: skip
+            if not close.any():  # the usual batch: every series is live
+                return (at, *self._fold_loose(rows, vals, ts, before, rank, need, starts, sizes))
+            rounds = np.repeat(np.add.reduceat(close, starts) > 0, sizes)
+        hi, lo = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+        if before is not None and not rounds.all():
+            loose = np.flatnonzero(~rounds)
+            s = sizes[~rounds[starts]]  # the sizes of the loose series
+            hi[loose], lo[loose] = self._fold_loose(rows[loose], vals[loose], ts[loose], before[loose], rank[loose],
+                                                    need[loose], np.cumsum(np.r_[0, s[:-1]]), s)  # fmt: skip
         uniform = bool((need == w).all())  # every slot is in every window: their order does not matter
         for r in range(int(rank[rounds].max()) + 1 if rounds.any() else 0):  # round r: the r-th new sample of each
             sel = np.flatnonzero(rounds & (rank == r))
@@ -248,17 +249,18 @@ class SeriesRing(SeriesIndex):
         return at, hi, lo
 
     def _fold_loose(self, rows: np.ndarray, vals: np.ndarray, ts: np.ndarray, before: np.ndarray, rank: np.ndarray,
-                    need: np.ndarray, hi: np.ndarray, lo: np.ndarray, at: np.ndarray | slice) -> None:  # fmt: skip
-        """All samples of series none of whose samples is within ``tol`` of the one before, at once: each
-        gets the max and min of itself and that one; the ring keeps the last ``width`` of each series."""
+                    need: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, ...]:  # fmt: skip
+        """All samples of series (``starts``, ``sizes``) none of whose samples is within ``tol`` of the one
+        before, at once: each gets the max and min of itself and that one (hi, lo, returned); the ring
+        keeps the last ``width`` of each series."""
         w = self.width
         count0, pos0 = self._count[rows], self._pos[rows]
         ok = count0 + rank >= need  # the count the r-th sample would see: min(count0 + r, w)
         with np.errstate(invalid="ignore"):
-            hi[at] = np.where(ok, np.fmax(vals, before), np.nan)
-            lo[at] = np.where(ok, np.fmin(vals, before), np.nan)
-        starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
-        sizes = np.diff(np.r_[starts, len(rows)])
+            hi = np.fmax(vals, before)
+            lo = np.fmin(vals, before)
+        hi[~ok] = np.nan
+        lo[~ok] = np.nan
         if sizes.max() > w:  # only the last w samples of a series: distinct slots
             keep = rank >= np.repeat(sizes, sizes) - w
             np.put(self._vals, rows[keep] * w + (pos0[keep] + rank[keep]) % w, vals[keep])
@@ -270,6 +272,7 @@ class SeriesRing(SeriesIndex):
         self._pos[series] = (pos0[starts] + sizes) % w
         self._count[series] = np.minimum(count0[starts] + sizes, w)
         self._last[series] = ts[starts + sizes - 1]
+        return hi, lo
 
     def _window(self, idx: np.ndarray, v: np.ndarray, need: np.ndarray, uniform: bool) -> tuple[np.ndarray, np.ndarray]:
         """Max and min of ``v`` and the ``need`` newest kept values of each row's series."""
