@@ -220,6 +220,7 @@ class SeriesRing(SeriesIndex):
             before[starts] = self._vals[rows[starts], (self._pos[rows[starts]] - 1) % w]
             with np.errstate(invalid="ignore"):
                 close = ~(np.abs(vals - before) > near)  # NaN (no sample before): the exact way
+            close &= self._count[rows] + rank >= need  # fewer samples than a window (a new series): NaN either way
             if not close.any():  # the usual batch: every series is live
                 return (at, *self._fold_loose(rows, vals, ts, before, rank, need, starts, sizes))
             rounds = np.repeat(np.add.reduceat(close, starts) > 0, sizes)
