@@ -13,7 +13,9 @@ warning, 57–62 Hz critical).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 from pipeline.anomaly.catalogue import RULES
@@ -25,7 +27,6 @@ from pipeline.anomaly.meter_state import (
     finish,
     iso_expr,
     merge_per_ts,
-    param_column,
     relevant,
     row_params,
     with_message,
@@ -64,26 +65,28 @@ class _Windowed:
 
     def __init__(self) -> None:
         self.spec = RULES[self.rule]
-        self._acc = WindowAcc(["s", "n"], ["_i"])
+        self._acc = WindowAcc(["s", "n"], [])
 
-    def _width(self) -> pl.Expr:
-        return pl.lit(3_600_000, pl.Int64)
+    def _width(self, params: dict[str, Any]) -> int | np.ndarray:
+        """Window width(s) in ms, from the rule's ``width_params`` (one value, or one per row)."""
+        return 3_600_000
 
-    def _value(self) -> pl.Expr:
-        return _c("value")
+    def _value(self, value: np.ndarray) -> np.ndarray:
+        return value
 
     def _window_means(self, batch: MeterBatch, ctx: Context, params: Sequence[str]) -> pl.DataFrame:
         """Complete windows: DEVICE, quantity, window_ms, width_ms, mean + ``params``. Folds numbers only; the
         keys of a window are gathered from the batch when it completes (its first reading in the batch)."""
         r = batch.readings
         at, p = row_params(ctx, self.rule, r, rows_of(batch, self.quantities), self.width_params)
-        params_at = {k: param_column(v) for k, v in p.items()}
-        rows = r.select(SID, "ts_ms", "value")[at].with_columns(_i=pl.Series(at), **params_at)
-        done = self._acc.add(rows.select(SID, "ts_ms", "_i", width_ms=self._width(), s=self._value(), n=pl.lit(1.0)))
-        if done.is_empty():
-            return done
-        means = r.select(*DEVICE, "quantity")[done["_i"].to_numpy()].hstack(
-            done.select("window_ms", "width_ms", mean=_c("s") / _c("n"))
+        width = np.broadcast_to(np.asarray(self._width(p), np.int64), at.shape)
+        value = self._value(r["value"].to_numpy()[at].astype(np.float64))
+        pos, win, width, acc = self._acc.fold(r[SID].to_numpy()[at], r["ts_ms"].to_numpy()[at], width,
+                                              [value, np.ones(len(at))])  # fmt: skip
+        if not len(pos):
+            return pl.DataFrame()
+        means = r.select(*DEVICE, "quantity")[at[pos]].with_columns(
+            window_ms=pl.Series(win), width_ms=pl.Series(width), mean=pl.Series(acc[:, 0] / acc[:, 1])
         )
         return with_params(ctx, self.rule, means, params)
 
@@ -93,8 +96,8 @@ class _Banded(_Windowed):
 
     width_params = ("window_minutes",)
 
-    def _width(self) -> pl.Expr:
-        return (_c("window_minutes") * 60_000).cast(pl.Int64)
+    def _width(self, params: dict[str, Any]) -> int | np.ndarray:
+        return (np.asarray(params["window_minutes"]) * 60_000).astype(np.int64)
 
 
 class VoltageOutOfBand(_Banded):
@@ -178,8 +181,8 @@ class LowPowerFactor(_Windowed):
     rule = "low_power_factor"
     quantities = ("power_factor",)
 
-    def _value(self) -> pl.Expr:
-        return _c("value").abs()  # the sign says import/export (or leading), not the quality
+    def _value(self, value: np.ndarray) -> np.ndarray:
+        return np.abs(value)  # the sign says import/export (or leading), not the quality
 
     def __call__(self, batch: MeterBatch, ctx: Context) -> pl.DataFrame:
         w = self._window_means(batch, ctx, ["threshold"])

@@ -316,14 +316,30 @@ class WindowAcc(SeriesIndex):
     def add(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Fold ``frame`` (``by``, carry, ts_ms, width_ms, sums) in; return the windows now complete:
         carry + ``window_ms`` + ``width_ms`` + sums."""
-        at, rows, ts = self._fresh(frame)
         schema = {**{c: frame.schema[c] for c in self.carry}, "window_ms": pl.Int64(), "width_ms": pl.Int64(),
                   **{s: pl.Float64() for s in self.sums}}  # fmt: skip
-        if not len(rows):
+        sums = [frame[s].to_numpy() for s in self.sums]
+        pos, win, width, acc = self.fold(frame[self.by].to_numpy(), frame["ts_ms"].to_numpy(),
+                                         frame["width_ms"].to_numpy(), sums)  # fmt: skip
+        if not len(pos):
             return pl.DataFrame(schema=schema)
-        width = frame["width_ms"].to_numpy()[at].astype(np.int64)
+        out = frame[pos].select(self.carry).with_columns(
+            pl.Series("window_ms", win), pl.Series("width_ms", width),
+            *(pl.Series(s, acc[:, j]) for j, s in enumerate(self.sums)),
+        )  # fmt: skip
+        return out.cast(schema)  # type: ignore[arg-type]
+
+    def fold(self, ids: np.ndarray, ts: np.ndarray, width: np.ndarray,
+             sums: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """Fold samples in (numbers, times, window widths, one array per sum); return the windows now
+        complete: (for each, the position among the samples of the first of its series' samples in the batch;
+        window start; width; sums, one column per sum)."""
+        at, rows, ts = self._fresh_of(ids, ts)
+        if not len(rows):
+            return at, at, at, np.zeros((0, len(self.sums)))
+        width = np.asarray(width[at], np.int64)
         win = ts // width * width
-        acc = np.column_stack([frame[s].to_numpy()[at].astype(np.float64) for s in self.sums])
+        acc = np.column_stack([np.asarray(x[at], np.float64) for x in sums])
         # samples are in series and time order, so a (series, window) group is a run of adjacent samples
         g = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (win[1:] != win[:-1]) | (width[1:] != width[:-1])])
         if len(g) < len(rows):
@@ -337,16 +353,12 @@ class WindowAcc(SeriesIndex):
         cont = self._win[r0] == g_win[first]
         acc[np.flatnonzero(first)[cont]] += self._acc[r0[cont]]
         done = (self._win[r0] >= 0) & ~cont
-        out = None
-        if done.any() or not last.all():  # complete: kept windows that did not continue, and every window
-            p = r0[done]  # of the batch but the last of each series (which stays open)
-            out = frame[np.r_[g_at[first][done], g_at[~last]]].select(self.carry)
-            out = out.with_columns(
-                pl.Series("window_ms", np.r_[self._win[p], g_win[~last]]),
-                pl.Series("width_ms", np.r_[self._width[p], g_width[~last]]),
-                *(pl.Series(s, np.r_[self._acc[p, j], acc[~last, j]]) for j, s in enumerate(self.sums)),
-            )
+        # complete: kept windows that did not continue, and every window of the batch but the last of each
+        # series (which stays open)
+        p = r0[done]
+        out = (np.r_[g_at[first][done], g_at[~last]], np.r_[self._win[p], g_win[~last]],
+               np.r_[self._width[p], g_width[~last]], np.r_[self._acc[p], acc[~last]])  # fmt: skip
         rl = g_row[last]
         self._win[rl], self._width[rl], self._acc[rl] = g_win[last], g_width[last], acc[last]
         self._last[rl] = g_ts[last]
-        return pl.DataFrame(schema=schema) if out is None else out.cast(schema)  # type: ignore[arg-type]
+        return out
