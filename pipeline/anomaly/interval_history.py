@@ -39,12 +39,15 @@ class IntervalHistory(SeriesIndex):
 
     A slot holds a value (float32) and its lap (int16: interval number // slots + 1; 0: none), so an
     interval number n counts only where slot n % slots holds lap n // slots + 1: 6 bytes a slot,
-    4.6 KB per series for 8 days. Rings live in blocks of ``block`` rings, one (slots × block) array
-    pair each, slot-major: the intervals of one 15 minutes of a block's series are adjacent, so
-    storing them touches a few pages, not one page per series (with 10,000 meters, page faults made
-    the first interval of a fleet cost 60 ms). New blocks are left as the allocator gives them (zero
-    pages, paid for as they are written) and a new series never copies the others: growing one array
-    by copying held the old and the new array at once, 1.2 GB at 100,000 meters."""
+    4.6 KB per series for 8 days (laps fit int16 up to interval 32,766 × slots: the year 2688 with
+    8-day rings; validation refuses readings from that far ahead long before).
+
+    Rings live in blocks of ``block`` rings, one (slots × block) array pair each, slot-major: the
+    intervals of one 15 minutes of a block's series are adjacent, so storing them touches a few
+    pages, not one page per series (with 10,000 meters, page faults made the first interval of a
+    fleet cost 60 ms). New blocks are left as the allocator gives them (zero pages, paid for as
+    they are written) and a new series never copies the others: growing one array by copying held
+    the old and the new array at once, 1.3 GB at 100,000 meters."""
 
     def __init__(self, block: int = 1 << 14) -> None:
         self.slots = 8 * DAY_SLOTS
