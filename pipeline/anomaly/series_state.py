@@ -81,12 +81,9 @@ class SeriesIndex:
                 self._capacity += extra
         return rows.astype(np.int64)
 
-    def _fresh(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions in ``frame``, rows, ts) of the samples newer than their series' newest, in series and
-        time order (a repeated timestamp: the first sample wins)."""
-        return self._fresh_of(frame[self.by].to_numpy(), frame["ts_ms"].to_numpy())
-
     def _fresh_of(self, ids: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions in ``ids``/``ts``, rows, ts) of the samples newer than their series' newest, in series and
+        time order (a repeated timestamp: the first sample wins)."""
         rows = self.rows(ids)
         order = series_order(rows, ts)
         rows, ts = rows[order], ts[order]
