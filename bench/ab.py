@@ -54,14 +54,15 @@ def summarize(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _one(bench: Bench, cfg: Config, name: str, shape: W.Shape) -> float:
+def _one(bench: Bench, name: str, shape: W.Shape) -> float:
+    cfg = bench.cfg
     dep = Deployment(bench, name)
     dep.register(cfg.devices)
     worker = dep.worker()
     worker.start()
     try:
         _wait_registry(worker, cfg.devices)
-        tp = _throughput(bench, dep, worker, shape, cfg.single_polls if shape.singles else cfg.batch_polls)
+        tp = _throughput(bench, dep, worker, shape, cfg.polls(shape))
         if tp["rows_in_clickhouse"] != tp["rows_expected"]:
             raise RuntimeError(f"{name}: {tp['rows_in_clickhouse']} rows in ClickHouse, {tp['rows_expected']} expected")
         return float(tp["readings_per_s"])
@@ -87,7 +88,7 @@ def run_ab(b_env: Env, reps: int, cfg: Config | None = None,
             for rep in range(reps):
                 for side in order(rep):
                     bench = Bench(replace(cfg, worker_env=envs[side]), broker, Path(tmp))
-                    runs[side].append(_one(bench, bench.cfg, f"{shape.name}-{side}{rep}", shape))
+                    runs[side].append(_one(bench, f"{shape.name}-{side}{rep}", shape))
                     _log(f"{shape.name} {side} #{rep}: {runs[side][-1]:,.0f} readings/s")
             out[shape.name] = summarize(runs["a"], runs["b"])
     return out

@@ -52,6 +52,10 @@ class Config:
     # empty = the production defaults
     worker_env: tuple[tuple[str, str], ...] = ()
 
+    def polls(self, shape: W.Shape) -> int:
+        """Polls of the throughput workload of ``shape``."""
+        return self.single_polls if shape.singles else self.batch_polls
+
 
 QUICK = Config(
     devices=1_000,
@@ -256,7 +260,7 @@ def run_ceiling(bench: Bench, topic: str, batch_size: int) -> dict[str, Any]:
 def run_shape(bench: Bench, shape: W.Shape) -> dict[str, Any]:
     """Throughput and latency of the real worker, then both references on the same topic."""
     cfg = bench.cfg
-    polls = cfg.single_polls if shape.singles else cfg.batch_polls
+    polls = cfg.polls(shape)
     dep = Deployment(bench, shape.name)
     dep.register(cfg.devices)
     worker = dep.worker()
